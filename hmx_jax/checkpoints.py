@@ -1,0 +1,92 @@
+"""Training checkpoints on disk and loading them for inference.
+
+Layout of a workdir:
+  DIR/config.json        the resolved run config (holds `model.spec`)
+  DIR/checkpoints/<step> orbax CheckpointManager steps; item "params" holds
+                         the policy parameters
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+from hmx_jax.errors import UserError
+
+PARAMS_ITEM = "params"
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def available_steps(workdir: str) -> list[int]:
+  """Finished checkpoint steps in `workdir`, ascending."""
+  directory = checkpoint_dir(workdir)
+  if not os.path.isdir(directory):
+    return []
+  with ocp.CheckpointManager(directory) as manager:
+    return sorted(manager.all_steps())
+
+
+def save_params(workdir: str, step: int, params) -> None:
+  """Writes `params` as checkpoint `step` (used by tests and export tools)."""
+  with ocp.CheckpointManager(checkpoint_dir(workdir)) as manager:
+    manager.save(step, args=ocp.args.Composite(
+        **{PARAMS_ITEM: ocp.args.StandardSave(params)}))
+    manager.wait_until_finished()
+
+
+def restore_params(workdir: str, step: int | None, abstract_params):
+  """Restores the params of `step` (default: latest) into `abstract_params`.
+
+  Raises:
+    UserError: no checkpoint in the workdir, or the step does not exist.
+  """
+  steps = available_steps(workdir)
+  if not steps:
+    raise UserError(f"{workdir}: no checkpoints in {checkpoint_dir(workdir)}")
+  if step is None:
+    step = steps[-1]
+  if step not in steps:
+    raise UserError(f"{workdir}: no checkpoint for step {step}; available: "
+                    f"{', '.join(map(str, steps))}")
+  with ocp.CheckpointManager(checkpoint_dir(workdir)) as manager:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        **{PARAMS_ITEM: ocp.args.StandardRestore(abstract_params)}))
+  return restored[PARAMS_ITEM]
+
+
+def read_run_config(workdir: str) -> dict:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise UserError(f"{workdir}: not a training workdir (no config.json)")
+  with open(path) as f:
+    return json.load(f)
+
+
+def load_for_inference(workdir: str, step: int | None, dtype: str = "float32"):
+  """(config, params, tokenizer) of a training checkpoint.
+
+  The base model named in the run config gives the architecture and the
+  tokenizer; the checkpoint gives the parameters.
+  """
+  from hmx_jax import models
+  if not os.path.isdir(workdir):
+    raise UserError(f"{workdir}: workdir not found")
+  run_config = read_run_config(workdir)
+  spec = run_config.get("model", {}).get("spec")
+  if not spec:
+    raise UserError(f"{workdir}/config.json: no model.spec")
+  steps = available_steps(workdir)
+  if step is not None and step not in steps:
+    raise UserError(f"{workdir}: no checkpoint for step {step}; available: "
+                    f"{', '.join(map(str, steps)) or 'none'}")
+  config, params, tokenizer = models.load_model(spec, dtype=dtype)
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+      params)
+  return config, restore_params(workdir, step, abstract), tokenizer

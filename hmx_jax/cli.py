@@ -1,0 +1,132 @@
+"""The `hmx-feel` command line.
+
+  hmx-feel chat [--model SPEC | --workdir DIR [--step N]] [--prompt TEXT]
+
+Errors a user can fix print one line and exit with 2; `--debug` shows the
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+from hmx_jax.errors import UserError
+
+EXIT_USAGE = 2
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--max-new-tokens", type=int, default=256)
+  p.add_argument("--temperature", type=float, default=0.0,
+                 help="0 is greedy decoding (default)")
+  p.add_argument("--top-k", type=int, default=0)
+  p.add_argument("--top-p", type=float, default=1.0)
+  p.add_argument("--seed", type=int, default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="hmx-feel",
+      description="HMX-feel in JAX: GRPO with rubric self-reward.")
+  parser.add_argument("--debug", action="store_true",
+                      help="show tracebacks of errors")
+  sub = parser.add_subparsers(dest="command", required=True)
+
+  chat = sub.add_parser(
+      "chat", help="talk to a model",
+      description="Talk to a model: interactive (multi-turn, streamed) or "
+      "one-shot with --prompt.")
+  source = chat.add_mutually_exclusive_group()
+  source.add_argument(
+      "--model", default=None,
+      help="preset name, .gguf file, HF directory or hub id "
+      "(default: the embedded smollm2-135m-instruct)")
+  source.add_argument("--workdir", default=None,
+                      help="a training workdir: chat with its checkpoint")
+  chat.add_argument("--step", type=int, default=None,
+                    help="checkpoint step in --workdir (default: latest)")
+  chat.add_argument("--prompt", default=None,
+                    help="one message; print the answer and exit")
+  chat.add_argument("--system", default=None, help="optional system message")
+  chat.add_argument("--dtype", default="float32",
+                    choices=("float32", "bfloat16"))
+  _add_sampling_args(chat)
+  chat.set_defaults(run=run_chat)
+  return parser
+
+
+def _load_for_chat(args):
+  from hmx_jax import models
+  if args.workdir is not None:
+    from hmx_jax import checkpoints
+    return checkpoints.load_for_inference(args.workdir, args.step,
+                                          dtype=args.dtype)
+  if args.step is not None:
+    raise UserError("--step needs --workdir")
+  spec = args.model or models.EMBEDDED_MODEL
+  return models.load_model(spec, dtype=args.dtype)
+
+
+def run_chat(args) -> int:
+  from hmx_jax import chat as chat_lib
+  if not 0.0 < args.top_p <= 1.0:
+    raise UserError(f"--top-p {args.top_p} must be in (0, 1]")
+  if args.prompt is not None and not args.prompt.strip():
+    raise UserError("--prompt is empty")
+  start = time.time()
+  print("loading model ...", file=sys.stderr, flush=True)
+  config, params, tokenizer = _load_for_chat(args)
+  if tokenizer is None:
+    raise UserError("the model has no tokenizer files; chat needs one")
+  print(f"loaded {config.family} model ({time.time() - start:.1f}s)",
+        file=sys.stderr, flush=True)
+  session = chat_lib.ChatSession(config, params, tokenizer,
+                                 system=args.system,
+                                 max_new_tokens=args.max_new_tokens,
+                                 temperature=args.temperature,
+                                 top_k=args.top_k, top_p=args.top_p,
+                                 seed=args.seed)
+  if args.prompt is not None:
+    session.send(args.prompt, stream=sys.stdout)
+    return 0
+  print("type a message; /reset clears the history, /quit or Ctrl-D exits",
+        file=sys.stderr)
+  while True:
+    try:
+      text = input("you> ")
+    except (EOFError, KeyboardInterrupt):
+      print(file=sys.stderr)
+      return 0
+    if text.strip() in ("/quit", "/exit"):
+      return 0
+    if text.strip() == "/reset":
+      session.reset()
+      continue
+    if not text.strip():
+      continue
+    sys.stdout.write("model> ")
+    session.send(text, stream=sys.stdout)
+
+
+def main(argv=None) -> int:
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING,
+                      format="%(levelname)s %(name)s: %(message)s")
+  if not args.debug:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  try:
+    return args.run(args)
+  except UserError as e:
+    if args.debug:
+      raise
+    print(f"hmx-feel: error: {e}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,288 @@
+"""KV-cache sampler: prefill and decode in one jitted program.
+
+`generate` left-pads a batch of prompts into a length bucket, then runs one
+jitted program per (batch size, bucket, max_new_tokens, sampling settings):
+a prefill over the prompts writes the KV cache, and a `jax.lax.while_loop`
+decodes one token per iteration until every sequence has stopped or
+`max_new_tokens` is reached. The cache is a pytree carried through the loop.
+
+Log-probs are those of the distribution the policy samples from before
+top-k / top-p filtering: `log_softmax(logits / temperature)`, or
+`log_softmax(logits)` for greedy decoding (temperature 0), as in TRL's GRPO.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import io_callback
+import numpy as np
+
+from hmx_jax import sharding
+from hmx_jax.errors import UserError
+from hmx_jax.models import decoder
+from hmx_jax.models.config import ModelConfig
+
+FINISH_STOP = "stop"
+FINISH_LENGTH = "length"
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  """Static sampling settings (part of the jit cache key)."""
+  max_new_tokens: int
+  temperature: float = 0.0
+  top_k: int = 0
+  top_p: float = 1.0
+  stop_ids: tuple[int, ...] = ()
+
+  def validate(self):
+    if self.max_new_tokens < 1:
+      raise UserError(f"max_new_tokens={self.max_new_tokens} must be >= 1")
+    if self.temperature < 0:
+      raise UserError(f"temperature={self.temperature} must be >= 0")
+    if self.top_k < 0:
+      raise UserError(f"top_k={self.top_k} must be >= 0 (0 disables it)")
+    if not 0.0 < self.top_p <= 1.0:
+      raise UserError(f"top_p={self.top_p} must be in (0, 1]")
+
+
+@dataclasses.dataclass
+class SampleOutput:
+  """What `generate` returns; arrays are numpy, one row per prompt.
+
+  Attributes:
+    prompt_tokens: [B, P] left-padded prompts (P is the length bucket).
+    prompt_mask: [B, P] 1 for real prompt tokens.
+    tokens: [B, N] sampled completion tokens (pad after a stop).
+    logprobs: [B, N] the policy's log-prob of each sampled token.
+    mask: [B, N] 1 for completion tokens, the stop token included.
+    finish_reasons: "stop" or "length" per sequence.
+  """
+  prompt_tokens: np.ndarray
+  prompt_mask: np.ndarray
+  tokens: np.ndarray
+  logprobs: np.ndarray
+  mask: np.ndarray
+  finish_reasons: list[str]
+
+  def completions(self) -> list[list[int]]:
+    """Completion token ids per sequence, padding removed."""
+    return [row[m.astype(bool)].tolist() for row, m in zip(self.tokens,
+                                                           self.mask)]
+
+
+def bucket_length(n: int, minimum: int = 16) -> int:
+  """Powers of two up to 512, then multiples of 512: few programs, <2x pad."""
+  n = max(n, minimum)
+  if n <= 512:
+    return 1 << (n - 1).bit_length()
+  return -(-n // 512) * 512
+
+
+def pad_prompts(prompts: Sequence[Sequence[int]], length: int, pad_id: int = 0
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """Left-pads token lists to `length`: (tokens [B, length], mask)."""
+  tokens = np.full((len(prompts), length), pad_id, np.int32)
+  mask = np.zeros((len(prompts), length), np.int32)
+  for i, p in enumerate(prompts):
+    if len(p):
+      tokens[i, length - len(p):] = p
+      mask[i, length - len(p):] = 1
+  return tokens, mask
+
+
+def filter_logits(logits_BV: jax.Array, top_k: int, top_p: float) -> jax.Array:
+  """Sets logits outside the top-k / nucleus (top-p) set to -inf.
+
+  The nucleus is the smallest set of most likely tokens whose probability
+  reaches `top_p`; the most likely token is always kept.
+  """
+  if top_k:
+    kth = jax.lax.top_k(logits_BV, top_k)[0][:, -1:]
+    logits_BV = jnp.where(logits_BV < kth, -jnp.inf, logits_BV)
+  if top_p < 1.0:
+    sorted_desc = jnp.sort(logits_BV, axis=-1)[:, ::-1]
+    probs = jax.nn.softmax(sorted_desc, axis=-1)
+    # Mass strictly before each sorted token: keep while it is < top_p.
+    before = jnp.cumsum(probs, axis=-1) - probs
+    kept = before < top_p
+    threshold = jnp.min(jnp.where(kept, sorted_desc, jnp.inf), axis=-1,
+                        keepdims=True)
+    logits_BV = jnp.where(logits_BV < threshold, -jnp.inf, logits_BV)
+  return logits_BV
+
+
+def sample_token(logits_BV: jax.Array, rng: jax.Array, s: SamplingConfig
+                 ) -> tuple[jax.Array, jax.Array]:
+  """Samples one token per row; returns (tokens [B], policy log-probs [B])."""
+  if s.temperature == 0.0:
+    token = jnp.argmax(logits_BV, axis=-1)
+    logp = jax.nn.log_softmax(logits_BV, axis=-1)
+  else:
+    scaled = logits_BV / s.temperature
+    logp = jax.nn.log_softmax(scaled, axis=-1)
+    token = jax.random.categorical(rng, filter_logits(scaled, s.top_k,
+                                                      s.top_p))
+  return token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Stream:
+  """Hashable wrapper so a host callback can be a static jit argument."""
+  fn: Callable | None
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _sample(config: ModelConfig, s: SamplingConfig, stream: _Stream, params,
+            prompt_BP, prompt_mask_BP, rng):
+  B, P = prompt_BP.shape
+  N = s.max_new_tokens
+  model = decoder.Decoder(config)
+  variables = decoder.as_variables(params)
+  cache = decoder.init_cache(config, B, P + N)
+  cache = jax.tree.map(
+      lambda x: sharding.constrain(x, decoder.CACHE_LOGICAL_AXES), cache)
+  # Generated slots are always real keys; causality hides future ones.
+  key_mask = jnp.concatenate(
+      [prompt_mask_BP, jnp.ones((B, N), prompt_mask_BP.dtype)], axis=1)
+  prompt_lengths = jnp.sum(prompt_mask_BP, axis=1)
+
+  hidden, new_kv = model.apply(
+      variables, prompt_BP, decoder.positions_from_mask(prompt_mask_BP),
+      decoder.make_attention_mask(prompt_mask_BP), return_hidden=True)
+  cache = decoder.update_cache(cache, new_kv, 0)
+  logits = model.apply(variables, hidden[:, -1:],
+                       method=decoder.Decoder.logits_from_hidden)[:, 0]
+  stop_ids = jnp.asarray(s.stop_ids or (-1,), jnp.int32)
+
+  def emit(state, logits_BV, rng):
+    step, tokens, logprobs, done, stopped = (
+        state["step"], state["tokens"], state["logprobs"], state["done"],
+        state["stopped"])
+    token, logp = sample_token(logits_BV, rng, s)
+    token = jnp.where(done, 0, token).astype(jnp.int32)
+    is_stop = jnp.isin(token, stop_ids) & ~done
+    if stream.fn is not None:
+      io_callback(stream.fn, None, step, token, done,
+                                   ordered=True)
+    return {
+        **state,
+        "step": step + 1,
+        "tokens": tokens.at[:, step].set(token),
+        "logprobs": logprobs.at[:, step].set(jnp.where(done, 0.0, logp)),
+        "mask": state["mask"].at[:, step].set(~done),
+        "done": done | is_stop,
+        "stopped": stopped | is_stop,
+        "last": token,
+    }
+
+  rng, first_rng = jax.random.split(rng)
+  state = {
+      "step": jnp.int32(0),
+      "tokens": jnp.zeros((B, N), jnp.int32),
+      "logprobs": jnp.zeros((B, N), jnp.float32),
+      "mask": jnp.zeros((B, N), bool),
+      "done": jnp.zeros((B,), bool),
+      "stopped": jnp.zeros((B,), bool),
+      "last": jnp.zeros((B,), jnp.int32),
+      "cache": cache,
+      "rng": rng,
+  }
+  state = emit(state, logits, first_rng)
+
+  def cond(state):
+    return (state["step"] < N) & ~jnp.all(state["done"])
+
+  def body(state):
+    step = state["step"]
+    slot = P + step - 1  # The slot of the token fed in this iteration.
+    positions = (prompt_lengths + step - 1)[:, None]
+    mask = decoder.make_attention_mask(jnp.ones((B, 1), jnp.int32), slot,
+                                       key_mask)
+    logits, new_kv = model.apply(variables, state["last"][:, None], positions,
+                                 mask, state["cache"])
+    cache = decoder.update_cache(state["cache"], new_kv, slot)
+    rng, step_rng = jax.random.split(state["rng"])
+    return emit({**state, "cache": cache, "rng": rng}, logits[:, 0], step_rng)
+
+  state = jax.lax.while_loop(cond, body, state)
+  return state["tokens"], state["logprobs"], state["mask"], state["stopped"]
+
+
+def generate(config: ModelConfig, params, prompts: Sequence[Sequence[int]], *,
+             max_new_tokens: int, temperature: float = 0.0, top_k: int = 0,
+             top_p: float = 1.0, seed: int = 0,
+             stop_ids: Sequence[int] | None = None, pad_id: int = 0,
+             max_total_len: int | None = None, mesh=None,
+             rules=sharding.DEFAULT_RULES,
+             on_tokens: Callable | None = None) -> SampleOutput:
+  """Samples completions for a batch of prompts.
+
+  Args:
+    config: the model config.
+    params: model parameters (placed as `load_model` placed them).
+    prompts: token-id lists, one per sequence, of any lengths.
+    max_new_tokens: completion length limit.
+    temperature: 0 is greedy decoding.
+    top_k: keep the k most likely tokens (0: all).
+    top_p: nucleus sampling mass in (0, 1].
+    seed: PRNG seed; the same seed gives the same output.
+    stop_ids: tokens that end a sequence (default: the config's EOS ids).
+    pad_id: token id used for padding.
+    max_total_len: prompt + completion limit (default: the model's
+      `max_position_embeddings`).
+    mesh: run sharded over this mesh (batch over data axes).
+    rules: logical-axis rules for the mesh.
+    on_tokens: host callback `(step, tokens [B], done [B])` per decoded
+      step, for streaming.
+
+  Returns:
+    A `SampleOutput`.
+
+  Raises:
+    UserError: empty prompt, prompt too long for the cache, bad settings.
+  """
+  if not prompts:
+    raise UserError("generate: no prompts given")
+  s = SamplingConfig(
+      max_new_tokens=int(max_new_tokens), temperature=float(temperature),
+      top_k=int(top_k), top_p=float(top_p),
+      stop_ids=tuple(int(i) for i in (
+          config.eos_token_ids if stop_ids is None else stop_ids)))
+  s.validate()
+  limit = max_total_len or config.max_position_embeddings
+  for i, p in enumerate(prompts):
+    if len(p) == 0:
+      raise UserError(f"prompt {i} is empty")
+    if len(p) + s.max_new_tokens > limit:
+      raise UserError(
+          f"prompt {i} has {len(p)} tokens; with max_new_tokens="
+          f"{s.max_new_tokens} it exceeds the cache of {limit} tokens")
+  length = min(bucket_length(max(len(p) for p in prompts)),
+               limit - s.max_new_tokens)
+  prompt_BP, prompt_mask_BP = pad_prompts(prompts, length, pad_id)
+  rng = jax.random.key(seed)
+  args = (config, s, _Stream(on_tokens), params)
+  if mesh is None:
+    out = _sample(*args, prompt_BP, prompt_mask_BP, rng)
+  else:
+    with sharding.use_mesh(mesh, rules):
+      batch = sharding.batch_sharding(mesh, rules)
+      out = _sample(*args, jax.device_put(prompt_BP, batch),
+                    jax.device_put(prompt_mask_BP, batch), rng)
+  tokens, logprobs, mask, stopped = jax.device_get(out)
+  return SampleOutput(
+      prompt_tokens=prompt_BP, prompt_mask=prompt_mask_BP,
+      tokens=np.asarray(tokens), logprobs=np.asarray(logprobs),
+      mask=np.asarray(mask, np.int32),
+      finish_reasons=[FINISH_STOP if x else FINISH_LENGTH for x in stopped])
+
+
+def compiled_programs() -> int:
+  """How many sampler programs have been compiled in this process."""
+  return _sample._cache_size()
