@@ -78,13 +78,14 @@ class ChatSession:
                             stop_ids=self.stop_ids, seed=self.seed,
                             on_tokens=printer, **self.sampling)
     self.seed += 1
-    answer = self.tokenizer.decode(out.completions()[0],
-                                   skip_special_tokens=True).strip()
+    text = self.tokenizer.decode(out.completions()[0],
+                                 skip_special_tokens=True)
     if stream:
-      if printer.printed != answer:  # Flush what the stream held back.
-        stream.write(answer[len(printer.printed.strip()):]
-                     if answer.startswith(printer.printed.strip()) else "")
+      # Whatever the stream held back (a partial UTF-8 character at the end).
+      if text.startswith(printer.printed):
+        stream.write(text[len(printer.printed):])
       stream.write("\n")
       stream.flush()
+    answer = text.strip()
     self.messages.append({"role": "assistant", "content": answer})
     return answer

@@ -89,3 +89,44 @@ def test_greedy_generation_matches_transformers(ours, theirs):
     expected = hf[0, len(prompt):].tolist()
     assert out.completions()[i] == expected, (
         tokenizer.decode(out.completions()[i]), tokenizer.decode(expected))
+
+
+def test_chat_session_streams_and_keeps_history(ours):
+  import io
+  config, params, tokenizer = ours
+  session = chat.ChatSession(config, params, tokenizer, max_new_tokens=12)
+  stream = io.StringIO()
+  first = session.send("Hi! Who are you?", stream=stream)
+  assert first and stream.getvalue().strip() == first
+  second = session.send("What did I just ask you?")
+  assert [m["role"] for m in session.messages] == [
+      "user", "assistant", "user", "assistant"]
+  assert session.messages[1]["content"] == first
+  assert session.messages[3]["content"] == second
+  # The second prompt holds the first exchange.
+  prompt = chat.encode_chat(tokenizer, session.messages[:3])
+  assert tokenizer.decode(prompt).count(first) == 1
+  session.reset()
+  assert session.messages == []
+
+
+def test_export_with_tokenizer_loads_in_transformers(ours, tmp_path):
+  import torch
+  import transformers
+  config, params, tokenizer = ours
+  models.export_hf(config, params, tokenizer, str(tmp_path))
+  hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+  text = tokenizer.apply_chat_template(CONVERSATIONS[1], tokenize=False,
+                                       add_generation_prompt=True)
+  assert hf_tokenizer.apply_chat_template(
+      CONVERSATIONS[1], tokenize=False, add_generation_prompt=True) == text
+  ids = hf_tokenizer.encode(text, add_special_tokens=False)
+  assert ids == chat.encode_chat(tokenizer, CONVERSATIONS[1])
+  model = transformers.AutoModelForCausalLM.from_pretrained(
+      str(tmp_path), dtype=torch.float32).eval()
+  tokens = np.asarray([ids])
+  with torch.no_grad():
+    expected = model(torch.tensor(tokens)).logits.numpy()
+  ours_logits = np.asarray(models.forward(config, params, tokens,
+                                          np.ones_like(tokens)))
+  assert np.max(np.abs(ours_logits - expected)) <= 1e-4
