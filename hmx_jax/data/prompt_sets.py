@@ -1,0 +1,126 @@
+"""Embedded prompt sets that the GRPO rollouts answer and the judge scores.
+
+Two splits ship with the package, written for this project in simple English
+(the default model is SmolLM2-135M): `train` (330 prompts) and `heldout`
+(120 prompts), with disjoint texts. Each JSONL row is
+
+  {"id": "train-0001", "category": "own_feelings",
+   "messages": [{"role": "user", "content": "How are you feeling today?"}]}
+
+`messages` may start with a system turn and hold a short history, but always
+ends with a user turn, so that the chat template's generation prompt follows
+it. Categories are listed in `CATEGORIES`.
+"""
+
+import dataclasses
+import json
+import pathlib
+
+from hmx_jax.errors import UserError
+
+CATEGORIES = ("own_feelings", "reactions", "plans_wishes", "own_nature",
+              "everyday", "advice_support")
+EMBEDDED = ("train", "heldout")
+ROLES = ("system", "user", "assistant")
+
+_PROMPT_DIR = pathlib.Path(__file__).resolve().parent / "prompts"
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptRow:
+  """One prompt: an id, its category and the chat messages to answer.
+
+  Attributes:
+    id: unique row id, e.g. "train-0001".
+    category: free-form category name (the embedded sets use `CATEGORIES`).
+    messages: list of {"role", "content"} dicts ending with a user turn.
+  """
+  id: str
+  category: str
+  messages: list
+
+
+def embedded_path(name: str) -> pathlib.Path:
+  """The path of the embedded split `name` ("train" or "heldout")."""
+  if name not in EMBEDDED:
+    raise UserError(f"unknown embedded prompt set {name!r}; "
+                    f"valid: {', '.join(EMBEDDED)}")
+  return _PROMPT_DIR / f"{name}.jsonl"
+
+
+def load_prompts(path_or_name) -> list[PromptRow]:
+  """Loads and validates a prompt set.
+
+  Args:
+    path_or_name: "train" or "heldout" for the embedded sets, otherwise the
+      path of a JSONL file in the format of the module docstring.
+
+  Returns:
+    The rows in file order.
+
+  Raises:
+    UserError: the file is missing or empty, or a row is malformed (the
+      message names `file:line` and what is wrong).
+  """
+  if str(path_or_name) in EMBEDDED:
+    path = embedded_path(str(path_or_name))
+  else:
+    path = pathlib.Path(path_or_name)
+  try:
+    text = path.read_text(encoding="utf-8")
+  except FileNotFoundError:
+    raise UserError(f"{path}: prompt file not found (or use one of: "
+                    f"{', '.join(EMBEDDED)})") from None
+  except (OSError, UnicodeDecodeError) as e:
+    raise UserError(f"{path}: cannot read prompt file: {e}") from None
+  rows, seen_ids = [], {}
+  for line_no, line in enumerate(text.splitlines(), 1):
+    if not line.strip():
+      continue  # Blank lines (e.g. a trailing one) are harmless.
+    row = _parse_row(line, f"{path}:{line_no}")
+    if row.id in seen_ids:
+      raise UserError(f"{path}:{line_no}: duplicate id {row.id!r} "
+                      f"(first at line {seen_ids[row.id]})")
+    seen_ids[row.id] = line_no
+    rows.append(row)
+  if not rows:
+    raise UserError(f"{path}: prompt set is empty")
+  return rows
+
+
+def _parse_row(line: str, where: str) -> PromptRow:
+  """Parses one JSONL line; `where` is "file:line" for error messages."""
+  try:
+    obj = json.loads(line)
+  except json.JSONDecodeError as e:
+    raise UserError(f"{where}: invalid JSON: {e.msg} "
+                    f"(column {e.colno})") from None
+  if not isinstance(obj, dict):
+    raise UserError(f"{where}: expected a JSON object, got "
+                    f"{type(obj).__name__}")
+  missing = [k for k in ("id", "category", "messages") if k not in obj]
+  if missing:
+    raise UserError(f"{where}: missing key(s) {', '.join(missing)}")
+  for key in ("id", "category"):
+    if not isinstance(obj[key], str) or not obj[key].strip():
+      raise UserError(f"{where}: {key!r} must be a non-empty string")
+  messages = obj["messages"]
+  if not isinstance(messages, list) or not messages:
+    raise UserError(f"{where}: 'messages' must be a non-empty list")
+  for i, message in enumerate(messages):
+    if (not isinstance(message, dict)
+        or set(message) != {"role", "content"}):
+      raise UserError(f"{where}: messages[{i}] must be an object with "
+                      "exactly the keys 'role' and 'content'")
+    if message["role"] not in ROLES:
+      raise UserError(f"{where}: messages[{i}] has unknown role "
+                      f"{message['role']!r}; valid: {', '.join(ROLES)}")
+    if (not isinstance(message["content"], str)
+        or not message["content"].strip()):
+      raise UserError(f"{where}: messages[{i}].content must be a "
+                      "non-empty string")
+  if messages[-1]["role"] != "user":
+    raise UserError(f"{where}: the last message must be a user turn, "
+                    f"got {messages[-1]['role']!r}")
+  return PromptRow(id=obj["id"], category=obj["category"],
+                   messages=[dict(m) for m in messages])

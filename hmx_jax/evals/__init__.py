@@ -1,0 +1,1 @@
+"""Evaluations of the base, human-like and contrast models."""

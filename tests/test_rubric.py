@@ -1,0 +1,75 @@
+"""Rubric scoring on the embedded SmolLM2 against a direct computation."""
+
+import jax
+import numpy as np
+import pytest
+
+from hmx_jax import models, rubric
+from hmx_jax.errors import UserError
+from hmx_jax.rubric_text import SCORE_PREFIX, score_token_ids
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "How do you feel today?"}],
+    [{"role": "user", "content": "What are your plans for the weekend?"}],
+    [{"role": "user", "content": "Can you help me fix my bike?"}],
+]
+ANSWERS = [
+    "I feel happy and a little excited to talk with you!",
+    "I want to read a book and I plan to go for a walk.",
+    "Sure. Check the chain and the tire pressure first.",
+]
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+  return models.load_model(models.EMBEDDED_MODEL)
+
+
+def test_judge_scores_equal_a_direct_computation(smollm2):
+  config, params, tokenizer = smollm2
+  criteria = ["feelings", "coherence"]
+  scores, mass = rubric.judge(config, params, tokenizer, CONVERSATIONS,
+                              ANSWERS, criteria, micro_batch=4)
+  digits = [tokenizer.convert_tokens_to_ids(str(d)) for d in range(1, 6)]
+  for name in criteria:
+    for i, (conv, answer) in enumerate(zip(CONVERSATIONS, ANSWERS)):
+      messages = rubric.judge_messages(rubric.get_criterion(name), conv,
+                                       answer)
+      text = tokenizer.apply_chat_template(
+          messages, tokenize=False, add_generation_prompt=True)
+      assert text.endswith("<|im_start|>assistant\n")
+      ids = tokenizer.encode(text + SCORE_PREFIX, add_special_tokens=False)
+      tokens = np.asarray([ids])
+      logits = np.asarray(models.forward(config, params, tokens,
+                                         np.ones_like(tokens)))[0, -1]
+      p = np.asarray(jax.nn.softmax(logits.astype(np.float64)))[digits]
+      expected = ((p / p.sum()) @ np.arange(1, 6) - 1) / 4
+      assert abs(scores[name][i] - expected) <= 1e-5
+      assert abs(mass[name][i] - p.sum()) <= 1e-5
+  # The judge follows the format: most mass on the digits.
+  for name in criteria:
+    assert np.all(mass[name] > 0.2) and np.all(mass[name] <= 1.0 + 1e-6)
+    assert np.all((scores[name] >= 0) & (scores[name] <= 1))
+
+
+def test_score_tokens_are_single_digits(smollm2):
+  _, _, tokenizer = smollm2
+  ids = score_token_ids(lambda s: tokenizer.encode(s, add_special_tokens=False))
+  assert [tokenizer.decode([i]) for i in ids] == ["1", "2", "3", "4", "5"]
+
+
+def test_combine_rewards_directions():
+  scores = {"feelings": np.array([0.8, 0.2]),
+            "intentions": np.array([0.5, 1.0]),
+            "coherence": np.array([1.0, 0.4])}
+  weights = {"feelings": 1.0, "intentions": 1.0, "coherence": 2.0}
+  human = rubric.combine_rewards(scores, weights, "human_like")
+  reverse = rubric.combine_rewards(scores, weights, "reverse")
+  # (0.8 + 0.5 + 2*1.0)/4 = 0.825 ; (0.2 + 1.0 + 0.8)/4 = 0.5
+  np.testing.assert_allclose(human, [0.825, 0.5], atol=1e-6)
+  # (0.2 + 0.5 + 2.0)/4 = 0.675 ; (0.8 + 0.0 + 0.8)/4 = 0.4
+  np.testing.assert_allclose(reverse, [0.675, 0.4], atol=1e-6)
+  with pytest.raises(UserError, match="reward.direction"):
+    rubric.combine_rewards(scores, weights, "sideways")
+  with pytest.raises(UserError, match="reward.criteria"):
+    rubric.combine_rewards(scores, {"joy": 1.0}, "human_like")
