@@ -1,6 +1,8 @@
 """The `hmx-feel` command line.
 
   hmx-feel chat [--model SPEC | --workdir DIR [--step N]] [--prompt TEXT]
+  hmx-feel train --config configs/<model>.py:<preset> --workdir DIR
+      [--config.a.b=value ...]
 
 Errors a user can fix print one line and exit with 2; `--debug` shows the
 traceback.
@@ -56,7 +58,29 @@ def build_parser() -> argparse.ArgumentParser:
                     choices=("float32", "bfloat16"))
   _add_sampling_args(chat)
   chat.set_defaults(run=run_chat)
+
+  train = sub.add_parser(
+      "train", help="GRPO training with rubric self-reward",
+      description="GRPO training. Overrides: --config.a.b=value.")
+  train.add_argument("--config", required=True,
+                     help="configs/<model>.py:<preset>")
+  train.add_argument("--workdir", required=True,
+                     help="checkpoints, metrics and the resolved config; "
+                     "an existing workdir is resumed")
+  train.set_defaults(run=run_train)
   return parser
+
+
+def run_train(args) -> int:
+  from hmx_jax import config_lib
+  config = config_lib.load_config(args.config)
+  config_lib.apply_overrides(config, args.overrides)
+  config.lock()
+  from hmx_jax import train
+  last = train.train(config, args.workdir)
+  print(f"done: step {last.get('step')} reward {last.get('reward', 0):.3f} "
+        f"(workdir {args.workdir})")
+  return 0
 
 
 def _load_for_chat(args):
@@ -114,7 +138,10 @@ def run_chat(args) -> int:
 
 def main(argv=None) -> int:
   parser = build_parser()
-  args = parser.parse_args(argv)
+  args, unknown = parser.parse_known_args(argv)
+  args.overrides = unknown
+  if unknown and args.command != "train":
+    parser.error(f"unrecognized arguments: {' '.join(unknown)}")
   logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING,
                       format="%(levelname)s %(name)s: %(message)s")
   if not args.debug:

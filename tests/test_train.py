@@ -1,0 +1,165 @@
+"""`hmx-feel train`: config errors, an end-to-end run, resume equality."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from hmx_jax import checkpoints, models
+from hmx_jax.models import tokenizer as tokenizer_lib
+from hmx_jax.models import gguf_io
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "configs", "smollm2_135m.py")
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+  """A tiny random Llama with the embedded SmolLM2 tokenizer."""
+  directory = tmp_path_factory.mktemp("tiny_smol")
+  metadata = gguf_io.read_gguf_metadata(gguf_io.embedded_gguf_path())
+  tokenizer = tokenizer_lib.tokenizer_from_gguf_metadata(metadata)
+  config = models.family_config(
+      "llama", vocab_size=49152, hidden_size=32, intermediate_size=64,
+      num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
+      bos_token_id=1, eos_token_ids=(2,))
+  models.export_hf(config, models.init_params(config), tokenizer,
+                   str(directory))
+  return str(directory)
+
+
+def run_train(workdir, *overrides, preset="smoke", env=None):
+  return subprocess.run(
+      [sys.executable, "-m", "hmx_jax.cli", "train", "--config",
+       f"{CONFIG}:{preset}", "--workdir", str(workdir),
+       "--config.train.progress=false", *overrides],
+      capture_output=True, text=True, timeout=600,
+      env={**os.environ, **(env or {})})
+
+
+def assert_clean_failure(proc, workdir, *fragments):
+  assert proc.returncode == 2, proc.stdout + proc.stderr
+  assert "Traceback" not in proc.stderr
+  errors = [l for l in proc.stderr.splitlines() if "error" in l.lower()]
+  assert len(errors) == 1, proc.stderr
+  for fragment in fragments:
+    assert fragment in errors[0], errors[0]
+  assert not os.path.exists(workdir), os.listdir(workdir)
+
+
+def test_bad_configs_fail_cleanly_and_write_nothing(tmp_path):
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text('{"id": "a", "category": "x", "messages": '
+                 '[{"role": "user", "content": "hi"}]}\n{not json\n')
+  empty = tmp_path / "empty.jsonl"
+  empty.write_text("")
+  workdir = tmp_path / "run"
+  cases = [
+      (["--config.data.train_prompts=" + str(bad)], [f"{bad}:2"]),
+      (["--config.data.train_prompts=" + str(empty)], [str(empty), "empty"]),
+      (["--config.grpo.num_generations=1"], ["grpo.num_generations=1"]),
+      (["--config.reward.criteria=('feelings', 'joy')"], ["'joy'"]),
+      (["--config.grpo.no_such_key=1"], ["--config.grpo.no_such_key"]),
+      (["--config.train.prompts_per_step=3",
+        "--config.mesh.shape={'data': 2, 'fsdp': 2, 'tensor': 2}"],
+       ["not divisible", "data-parallel size 4"]),
+  ]
+  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  for overrides, fragments in cases:
+    proc = run_train(workdir, *overrides, env=env)
+    assert_clean_failure(proc, workdir, *fragments)
+
+
+def _final_params(workdir):
+  config, params, _ = checkpoints.load_for_inference(str(workdir), None)
+  return params
+
+
+def test_run_writes_metrics_and_resume_equals_uninterrupted(tiny_model_dir,
+                                                            tmp_path):
+  common = [f"--config.model.spec={tiny_model_dir}",
+            "--config.optim.learning_rate=0.01",
+            "--config.optim.warmup_steps=0",
+            "--config.train.num_steps=3"]
+  straight = tmp_path / "straight"
+  proc = run_train(straight, *common)
+  assert proc.returncode == 0, proc.stderr
+  rows = [json.loads(l) for l in open(straight / "metrics.jsonl")]
+  assert [r["step"] for r in rows] == [1, 2, 3]
+  for key in ("reward", "reward_std", "rewards/feelings/mean",
+              "frac_reward_zero_std", "kl", "clip_ratio/region_mean",
+              "entropy", "completions/mean_length",
+              "completions/clipped_ratio", "judge/score_mass", "loss",
+              "grad_norm", "learning_rate", "step_time",
+              "tokens_per_second"):
+    assert key in rows[-1] and np.isfinite(rows[-1][key]), key
+  assert checkpoints.available_steps(str(straight))[-1] == 3
+  assert os.path.exists(straight / "samples.jsonl")
+
+  # kill -9 once the first checkpoint exists, then the same command again.
+  resumed = tmp_path / "resumed"
+  args = [sys.executable, "-m", "hmx_jax.cli", "train", "--config",
+          f"{CONFIG}:smoke", "--workdir", str(resumed),
+          "--config.train.progress=false", *common]
+  victim = subprocess.Popen(args, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+  first_checkpoint = resumed / "checkpoints" / "1"
+  deadline = time.time() + 300
+  while not first_checkpoint.exists() and victim.poll() is None:
+    assert time.time() < deadline
+    time.sleep(0.05)
+  victim.send_signal(signal.SIGKILL)
+  victim.wait()
+  killed_at = checkpoints.available_steps(str(resumed))
+  assert killed_at and killed_at[-1] < 3, killed_at
+  second = subprocess.run(args, capture_output=True, text=True, timeout=600)
+  assert second.returncode == 0, second.stderr
+  assert f"resumed from step {killed_at[-1]}" in second.stdout
+  a, b = _final_params(straight), _final_params(resumed)
+  import jax
+  diffs = jax.tree.leaves(jax.tree.map(
+      lambda x, y: float(np.max(np.abs(np.asarray(x) - np.asarray(y)))), a, b))
+  assert max(diffs) <= 1e-6
+  # The run moved the parameters: resumption is not trivially equal.
+  _, initial, _ = models.load_model(tiny_model_dir)
+  moved = jax.tree.leaves(jax.tree.map(
+      lambda x, y: float(np.max(np.abs(np.asarray(x) - np.asarray(y)))),
+      a, initial))
+  assert max(moved) > 1e-4
+
+
+def test_resume_refuses_a_different_config(tiny_model_dir, tmp_path):
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "config.json").write_text(json.dumps(
+      {"seed": 5, "grpo": {"beta": 0.5}}))
+  proc = run_train(workdir, f"--config.model.spec={tiny_model_dir}")
+  assert proc.returncode == 2
+  assert "different config" in proc.stderr and "grpo.beta" in proc.stderr
+
+
+def test_sigterm_saves_the_current_step(tiny_model_dir, tmp_path):
+  workdir = tmp_path / "run"
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "hmx_jax.cli", "train", "--config",
+       f"{CONFIG}:smoke", "--workdir", str(workdir),
+       "--config.train.progress=false", f"--config.model.spec={tiny_model_dir}",
+       "--config.train.num_steps=50", "--config.train.checkpoint_every=100"],
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  metrics = workdir / "metrics.jsonl"
+  deadline = time.time() + 300
+  while not (metrics.exists() and metrics.read_text().strip()):
+    assert proc.poll() is None and time.time() < deadline
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  stdout, stderr = proc.communicate(timeout=300)
+  assert proc.returncode == 0, stderr
+  steps = checkpoints.available_steps(str(workdir))
+  logged = [json.loads(l)["step"] for l in metrics.read_text().splitlines()]
+  # The checkpoint is the step that was running or finished at SIGTERM.
+  assert steps == [logged[-1]] and f"saved step {steps[0]}" in stdout
