@@ -14,6 +14,7 @@ repeats exactly what an uninterrupted one would have done.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -150,7 +151,7 @@ def update_step(config, settings: LossSettings, optimizer, params, opt_state,
   grads = jax.tree.map(lambda g: g * scale, grads)
   loss = loss * scale
   metrics = jax.tree.map(lambda m: m * scale, metrics)
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   updates, new_opt_state = optimizer.update(grads, opt_state, params)
   new_params = optax.apply_updates(params, updates)
@@ -247,6 +248,10 @@ class _Preemption:
 
   def __exit__(self, *exc):
     signal.signal(signal.SIGTERM, self._old)
+
+
+def _mesh_context(mesh):
+  return sharding.use_mesh(mesh) if mesh is not None else contextlib.nullcontext()
 
 
 def _write_jsonl(path: str, row: dict) -> None:
@@ -352,20 +357,25 @@ def train(c: ml_collections.ConfigDict, workdir: str) -> dict:
           "completion_mask": completion_mask,
       }
       temperature = c.sampling.temperature or 1.0
+      if mesh is not None:
+        batch = jax.device_put(batch, sharding.batch_sharding(mesh))
       if g.beta:
-        batch["ref_logps"] = np.asarray(_logps_only(
-            model_config, frozen_params, batch, P, temperature))
+        with _mesh_context(mesh):
+          batch["ref_logps"] = _logps_only(model_config, frozen_params, batch,
+                                           P, temperature)
       settings = LossSettings(
           epsilon=g.epsilon, epsilon_high=g.epsilon_high, beta=g.beta,
           loss_type=g.loss_type, temperature=temperature, prompt_len=P,
           max_completion_length=c.sampling.max_new_tokens,
           micro_batches=c.train.gradient_accumulation_steps)
-      for _ in range(g.num_iterations):
-        params, opt_state, m = update_step(model_config, settings, optimizer,
-                                           params, opt_state, batch)
-        m = jax.device_get(m)
-        if not m["finite"]:
-          break
+      with _mesh_context(mesh):
+        for _ in range(g.num_iterations):
+          params, opt_state, m = update_step(model_config, settings,
+                                             optimizer, params, opt_state,
+                                             batch)
+          m = jax.device_get(m)
+          if not m["finite"]:
+            break
       if not m["finite"]:
         non_finite_in_a_row += 1
         log.warning("step %d: non-finite loss or gradient; update skipped",

@@ -99,3 +99,35 @@ def tiny_params(config, seed: int = 0):
   from hmx_jax.models import decoder
   params = decoder.init_params(config, seed=seed)
   return jax.tree.map(lambda x: x * 5 if x.ndim > 1 else x, params)
+
+
+def tiny_chat_model_dir(directory, vocab_words: int = 40, seed: int = 0):
+  """A tiny random Llama with a tiny word-level ChatML tokenizer, saved as a
+  HF directory: small enough that a synthetic reward is learnable fast."""
+  from tokenizers import Tokenizer, models as tk_models, pre_tokenizers
+  from tokenizers import decoders
+  from transformers import PreTrainedTokenizerFast
+  from hmx_jax import models
+  special = ["<pad>", "<|im_start|>", "<|im_end|>", "<unk>"]
+  words = [f"w{i}" for i in range(vocab_words)] + ["user", "assistant",
+                                                   "system"]
+  vocab = {t: i for i, t in enumerate(special + words)}
+  backend = Tokenizer(tk_models.WordLevel(vocab, unk_token="<unk>"))
+  backend.pre_tokenizer = pre_tokenizers.Whitespace()
+  backend.decoder = decoders.WordPiece(prefix="##")
+  template = ("{% for m in messages %}<|im_start|>{{ m['role'] }} "
+              "{{ m['content'] }}<|im_end|>{% endfor %}"
+              "{% if add_generation_prompt %}<|im_start|>assistant "
+              "{% endif %}")
+  tokenizer = PreTrainedTokenizerFast(
+      tokenizer_object=backend, pad_token="<pad>", eos_token="<|im_end|>",
+      bos_token="<|im_start|>", unk_token="<unk>", chat_template=template)
+  tokenizer.add_special_tokens(
+      {"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+  config = models.family_config(
+      "llama", vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
+      num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
+      bos_token_id=1, eos_token_ids=(2,))
+  models.export_hf(config, models.init_params(config, seed), tokenizer,
+                   str(directory))
+  return str(directory), vocab
