@@ -26,7 +26,7 @@ def get_config(arg=None):
       weights={"feelings": 1.0, "intentions": 1.0, "self_awareness": 1.0,
                "coherence": 1.0},
       direction="human_like",  # reverse: the contrast model
-      judge="self",  # self (the paper's self-reward) or initial
+      judge="self",  # self (the paper's self-reward), initial, or a model spec
       micro_batch=16)
   c.grpo = dict(num_generations=4, beta=0.04, epsilon=0.2, epsilon_high=0.28,
                 loss_type="dapo", scale_rewards="group", num_iterations=1,

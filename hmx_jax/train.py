@@ -200,8 +200,9 @@ def validate(c: ml_collections.ConfigDict, prompts, mesh) -> None:
       get_criterion(name)
     rubric.combine_rewards({n: np.zeros(1) for n in c.reward.criteria},
                            dict(c.reward.weights), c.reward.direction)
-    if c.reward.judge not in ("self", "initial"):
-      raise UserError(f"reward.judge={c.reward.judge!r}: use self or initial")
+    if not c.reward.judge:
+      raise UserError("reward.judge is empty: use self, initial or a model "
+                      "spec")
   elif c.reward.kind != "target_token":
     raise UserError(f"reward.kind={c.reward.kind!r} is not rubric or "
                     "target_token")
@@ -271,6 +272,11 @@ def train(c: ml_collections.ConfigDict, workdir: str) -> dict:
   if c.model.get("random_init", False):
     params = jax.tree.map(jnp.asarray, decoder.init_params(model_config,
                                                            c.seed))
+  judge_model = None
+  if c.reward.kind == "rubric" and c.reward.judge not in ("self", "initial"):
+    # A fixed external judge: its own architecture and tokenizer.
+    judge_model = models.load_model(c.reward.judge, dtype=c.model.dtype,
+                                    mesh=mesh)
   optimizer = make_optimizer(c)
   opt_state = optimizer.init(params)
   frozen_params = (jax.tree.map(jnp.copy, params)
@@ -330,13 +336,18 @@ def train(c: ml_collections.ConfigDict, workdir: str) -> dict:
         scores, mass = synthetic_reward(c, completions), None
         rewards = scores["target_token"]
       else:
-        judge_params = params if c.reward.judge == "self" else frozen_params
+        if judge_model is not None:
+          judge = judge_model
+        else:
+          judge = (model_config,
+                   params if c.reward.judge == "self" else frozen_params,
+                   tokenizer)
         texts = [tokenizer.decode(t, skip_special_tokens=True)
                  for t in completions]
         convs = [prompts[i].messages for i in idx
                  for _ in range(g.num_generations)]
-        scores, mass = rubric.judge(model_config, judge_params, tokenizer,
-                                    convs, texts, list(c.reward.criteria),
+        scores, mass = rubric.judge(*judge, convs, texts,
+                                    list(c.reward.criteria),
                                     micro_batch=c.reward.micro_batch)
         rewards = rubric.combine_rewards(scores, dict(c.reward.weights),
                                          c.reward.direction)

@@ -65,6 +65,7 @@ def test_bad_configs_fail_cleanly_and_write_nothing(tmp_path):
       (["--config.grpo.num_generations=1"], ["grpo.num_generations=1"]),
       (["--config.reward.criteria=('feelings', 'joy')"], ["'joy'"]),
       (["--config.grpo.no_such_key=1"], ["--config.grpo.no_such_key"]),
+      (["--config.reward.judge=no-such-judge"], ["unknown model"]),
       (["--config.train.prompts_per_step=3",
         "--config.mesh.shape={'data': 2, 'fsdp': 2, 'tensor': 2}"],
        ["not divisible", "data-parallel size 4"]),
@@ -82,7 +83,9 @@ def _final_params(workdir):
 
 def test_run_writes_metrics_and_resume_equals_uninterrupted(tiny_model_dir,
                                                             tmp_path):
+  # The judge is a separate model spec here (the same tiny checkpoint).
   common = [f"--config.model.spec={tiny_model_dir}",
+            f"--config.reward.judge={tiny_model_dir}",
             "--config.optim.learning_rate=0.01",
             "--config.optim.warmup_steps=0",
             "--config.train.num_steps=3"]
