@@ -2,13 +2,15 @@
 
 Parameters are a plain pytree; layers are stacked along a leading `layers`
 axis and run with `nn.scan`, which keeps compile time flat in depth. The KV
-cache is a pytree passed in and returned: `{"k", "v"}`, each
-`[layers, batch, cache_len, kv_heads, head_dim]`.
+cache is a plain pytree `{"k", "v"}`, each
+`[layers, batch, kv_heads, cache_len, head_dim]`: the decoder reads it and
+returns the new tokens' keys and values, and the caller writes them with
+`update_cache` (one in-place update per step, outside the layer scan).
 
 Positions and masks work in cache *slots*: a batch is left-padded so that
 every sequence's last prompt token sits in the same slot, the slot of a key
 and a query differ by the same amount as their positions do, and padding
-keys are masked out by `key_mask`.
+keys are masked out (`make_attention_mask`).
 """
 
 from __future__ import annotations
