@@ -141,11 +141,9 @@ def update_step(config, settings: LossSettings, optimizer, params, opt_state,
     return jax.tree.map(jnp.add, carry,
                         (grads, loss, metrics)), None
 
-  zeros = jax.tree.map(
-      jnp.zeros_like,
-      (params, *jax.eval_shape(loss_fn, params,
-                               jax.tree.map(lambda x: x[0], micro))))
-  zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), zeros)
+  first = jax.tree.map(lambda x: x[0], micro)
+  zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype),
+                       (params, *jax.eval_shape(loss_fn, params, first)))
   (grads, loss, metrics), _ = jax.lax.scan(accumulate, zeros, micro)
   scale = 1.0 / s.micro_batches
   grads = jax.tree.map(lambda g: g * scale, grads)
