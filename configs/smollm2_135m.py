@@ -36,6 +36,18 @@ def get_config(arg=None):
   c.train = dict(num_steps=20, prompts_per_step=4,
                  gradient_accumulation_steps=1, checkpoint_every=5,
                  keep_checkpoints=3, log_samples_every=5, progress=True)
+  c.eval = dict(
+      data_dir="",  # "": $HMX_DATA_DIR, else ../shared/data beside the repo
+      evals=("truthfulqa", "bbq", "sycophancy", "expression"),
+      batch_size=8, n_resamples=1000, seed=0,
+      # limit: the first N items (0: all); bbq's is per category.
+      truthfulqa=dict(limit=0),
+      bbq=dict(limit=0, categories=()),
+      sycophancy=dict(limit=0, opinion_limit=0),
+      expression=dict(limit=0, prompts="heldout", max_new_tokens=64,
+                      temperature=0.0, judge="base",
+                      criteria=("feelings", "intentions", "self_awareness",
+                                "coherence")))
 
   if arg == "smoke":
     c.sampling.max_new_tokens = 12
@@ -46,8 +58,22 @@ def get_config(arg=None):
     c.train.prompts_per_step = 2
     c.train.checkpoint_every = 1
     c.train.log_samples_every = 1
+    c.eval.truthfulqa.limit = 4
+    c.eval.bbq.limit = 2
+    c.eval.sycophancy.limit = 4
+    c.eval.sycophancy.opinion_limit = 4
+    c.eval.expression.limit = 4
+    c.eval.expression.max_new_tokens = 16
+    c.eval.n_resamples = 200
   elif arg == "cpu":
-    c.optim.learning_rate = 1e-5
+    c.sampling.max_new_tokens = 32
+    c.train.prompts_per_step = 2
+    c.optim.learning_rate = 2e-5
+    c.eval.truthfulqa.limit = 100
+    c.eval.bbq.limit = 12
+    c.eval.sycophancy.limit = 24
+    c.eval.sycophancy.opinion_limit = 48
+    c.eval.expression.limit = 40
   elif arg not in (None, ""):
     raise ValueError(f"unknown preset {arg!r}: use smoke or cpu")
   return c

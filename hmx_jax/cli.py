@@ -3,6 +3,8 @@
   hmx-feel chat [--model SPEC | --workdir DIR [--step N]] [--prompt TEXT]
   hmx-feel train --config configs/<model>.py:<preset> --workdir DIR
       [--config.a.b=value ...]
+  hmx-feel eval --config ... --workdir DIR [--step N | --base]
+  hmx-feel reproduce --config ... --workdir DIR
 
 Errors a user can fix print one line and exit with 2; `--debug` shows the
 traceback.
@@ -68,14 +70,82 @@ def build_parser() -> argparse.ArgumentParser:
                      help="checkpoints, metrics and the resolved config; "
                      "an existing workdir is resumed")
   train.set_defaults(run=run_train)
+
+  ev = sub.add_parser(
+      "eval", help="evaluate a checkpoint or the base model",
+      description="Runs the evaluations (eval.* in the config) and writes "
+      "DIR/eval/<name>/results.json. Overrides: --config.a.b=value.")
+  ev.add_argument("--config", required=True,
+                  help="configs/<model>.py:<preset>")
+  ev.add_argument("--workdir", required=True,
+                  help="a training workdir (its checkpoints are evaluated)")
+  which = ev.add_mutually_exclusive_group()
+  which.add_argument("--step", type=int, default=None,
+                     help="checkpoint step (default: latest)")
+  which.add_argument("--base", action="store_true",
+                     help="evaluate the base model (model.spec) instead")
+  ev.set_defaults(run=run_eval)
+
+  rep = sub.add_parser(
+      "reproduce", help="the whole experiment: base, human-like, contrast",
+      description="Evaluates the base model, trains and evaluates the "
+      "human-like and contrast models, writes DIR/report.md. Reruns skip "
+      "finished stages. Overrides: --config.a.b=value.")
+  rep.add_argument("--config", required=True,
+                   help="configs/<model>.py:<preset>")
+  rep.add_argument("--workdir", required=True, help="experiment directory")
+  rep.set_defaults(run=run_reproduce)
   return parser
 
 
-def run_train(args) -> int:
+def _config(args):
   from hmx_jax import config_lib
   config = config_lib.load_config(args.config)
   config_lib.apply_overrides(config, args.overrides)
   config.lock()
+  return config
+
+
+def run_eval(args) -> int:
+  from hmx_jax import checkpoints
+  from hmx_jax.evals import common, suite
+  c = _config(args)
+  suite.validate(c)
+  suite.check_data(c)
+  common.set_progress(bool(c.train.progress))
+  if not args.base:
+    steps = checkpoints.available_steps(args.workdir)
+    if args.step is not None and args.step not in steps:
+      raise UserError(f"{args.workdir}: no checkpoint for step {args.step}; "
+                      f"available: {', '.join(map(str, steps)) or 'none'}")
+    if not steps:
+      raise UserError(f"{args.workdir}: no checkpoints (use --base for the "
+                      "base model)")
+  base, judge = suite.load_base_and_judge(c)
+  if args.base:
+    model, name, description = base, "base", f"base ({c.model.spec})"
+  else:
+    step = args.step if args.step is not None else steps[-1]
+    name = f"step_{step}"
+    model = suite.from_checkpoint(base, args.workdir, step, name)
+    description = f"{args.workdir} step {step}"
+  out = os.path.join(args.workdir, "eval", name)
+  results = suite.run(c, model, judge, out, description=description)
+  for key, m in results["metrics"].items():
+    print(f"{key:40s} {m['value']:.4f} [{m['ci_low']:.4f}, "
+          f"{m['ci_high']:.4f}]")
+  print(f"wrote {os.path.join(out, suite.RESULTS)}")
+  return 0
+
+
+def run_reproduce(args) -> int:
+  from hmx_jax import reproduce
+  reproduce.reproduce(_config(args), args.workdir)
+  return 0
+
+
+def run_train(args) -> int:
+  config = _config(args)
   from hmx_jax import train
   last = train.train(config, args.workdir)
   print(f"done: step {last.get('step')} reward {last.get('reward', 0):.3f} "
@@ -140,7 +210,7 @@ def main(argv=None) -> int:
   parser = build_parser()
   args, unknown = parser.parse_known_args(argv)
   args.overrides = unknown
-  if unknown and args.command != "train":
+  if unknown and args.command not in ("train", "eval", "reproduce"):
     parser.error(f"unrecognized arguments: {' '.join(unknown)}")
   logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING,
                       format="%(levelname)s %(name)s: %(message)s")

@@ -8,23 +8,19 @@ renormalized over those five tokens and scaled to [0, 1]. The probability
 mass the judge put on the five digits (`score_mass`) is kept as a diagnostic
 of judge health: a judge that stops following the format shows it first.
 
-All judge prompts of a batch go through one jitted forward pass, in
-micro-batches of a fixed size so that the program compiles once per length
-bucket.
+Judge prompts go through `hmx_jax.scoring` in micro-batches of a fixed
+size (one program per length bucket); per criterion, the system turn and
+rubric that all prompts share are computed once and their KV cache reused.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-import functools
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from hmx_jax import sampling
+from hmx_jax import scoring
 from hmx_jax.errors import UserError
-from hmx_jax.models import decoder
 from hmx_jax.models.config import ModelConfig
 from hmx_jax.rubric_text import (SCORE_PREFIX, SCORE_VALUES, get_criterion,
                                  judge_messages, score_token_ids)
@@ -41,23 +37,16 @@ def judge_prompt_ids(tokenizer, criterion: str, conversation, answer: str
   return tokenizer.encode(text + SCORE_PREFIX, add_special_tokens=False)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _score_batch(config: ModelConfig, params, tokens_BT, mask_BT, score_ids):
-  model = decoder.Decoder(config)
-  variables = decoder.as_variables(params)
-  hidden, _ = model.apply(variables, tokens_BT,
-                          decoder.positions_from_mask(mask_BT),
-                          decoder.make_attention_mask(mask_BT),
-                          return_hidden=True)
-  # Left padding puts every prompt's last token in the last column.
-  logits = model.apply(variables, hidden[:, -1:],
-                       method=decoder.Decoder.logits_from_hidden)[:, 0]
-  probs = jnp.exp(jax.nn.log_softmax(logits, axis=-1)[:, score_ids])
+def scores_from_logliks(digit_logliks: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray]:
+  """(scores in [0, 1], score mass) from log-probs [N, 5] of the digits."""
+  probs = np.exp(np.asarray(digit_logliks, np.float64))
   mass = probs.sum(axis=-1)
-  values = jnp.asarray(SCORE_VALUES, jnp.float32)
+  values = np.asarray(SCORE_VALUES, np.float64)
   expected = (probs / mass[:, None]) @ values
   low, high = values[0], values[-1]
-  return (expected - low) / (high - low), mass
+  return ((expected - low) / (high - low)).astype(np.float32), \
+      mass.astype(np.float32)
 
 
 def score_prompts(config: ModelConfig, params, prompts: Sequence[Sequence[int]],
@@ -65,23 +54,21 @@ def score_prompts(config: ModelConfig, params, prompts: Sequence[Sequence[int]],
                   pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
   """Scores judge prompts (token-id lists) in fixed-size micro-batches.
 
+  The prompts' shared prefix (the system turn and rubric, when all prompts
+  are for one criterion) is computed once.
+
   Returns:
     (scores [N] in [0, 1], score_mass [N] in [0, 1]).
   """
   if not prompts:
     return np.zeros((0,), np.float32), np.zeros((0,), np.float32)
-  length = sampling.bucket_length(max(len(p) for p in prompts))
-  scores, masses = [], []
-  ids = jnp.asarray(score_ids, jnp.int32)
-  for start in range(0, len(prompts), micro_batch):
-    chunk = list(prompts[start:start + micro_batch])
-    real = len(chunk)
-    chunk += [chunk[-1]] * (micro_batch - real)  # One shape per bucket.
-    tokens, mask = sampling.pad_prompts(chunk, length, pad_id)
-    s, m = _score_batch(config, params, tokens, mask, ids)
-    scores.append(np.asarray(s)[:real])
-    masses.append(np.asarray(m)[:real])
-  return np.concatenate(scores), np.concatenate(masses)
+  digits = [[int(i)] for i in score_ids]
+  # Fewer prompts than a micro-batch: a smaller power-of-two batch.
+  batch = min(micro_batch, 1 << (len(prompts) - 1).bit_length())
+  logliks = scoring.option_logliks(config, params, prompts,
+                                   [digits] * len(prompts),
+                                   batch_size=batch, pad_id=pad_id)
+  return scores_from_logliks(np.stack(logliks))
 
 
 def judge(config: ModelConfig, params, tokenizer, conversations, answers,
@@ -105,16 +92,13 @@ def judge(config: ModelConfig, params, tokenizer, conversations, answers,
   for name in criteria:
     get_criterion(name)
   ids = score_token_ids(lambda s: tokenizer.encode(s, add_special_tokens=False))
-  prompts = [judge_prompt_ids(tokenizer, name, conv, answer)
-             for name in criteria
-             for conv, answer in zip(conversations, answers)]
-  flat_scores, flat_mass = score_prompts(
-      config, params, prompts, ids, micro_batch=micro_batch,
-      pad_id=tokenizer.pad_token_id or 0)
-  n = len(answers)
-  scores = {name: flat_scores[i * n:(i + 1) * n]
-            for i, name in enumerate(criteria)}
-  mass = {name: flat_mass[i * n:(i + 1) * n] for i, name in enumerate(criteria)}
+  scores, mass = {}, {}
+  for name in criteria:  # One call per criterion: its rubric is shared.
+    prompts = [judge_prompt_ids(tokenizer, name, conv, answer)
+               for conv, answer in zip(conversations, answers)]
+    scores[name], mass[name] = score_prompts(
+        config, params, prompts, ids, micro_batch=micro_batch,
+        pad_id=tokenizer.pad_token_id or 0)
   return scores, mass
 
 

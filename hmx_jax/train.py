@@ -19,7 +19,6 @@ import dataclasses
 import functools
 import json
 import logging
-import math
 import os
 import signal
 import time
@@ -64,10 +63,15 @@ def completion_logps(config, params, tokens_BL, mask_BL, prompt_len: int,
     (logps [B, N], entropy [B, N]) with N = L - prompt_len.
   """
   model = decoder.Decoder(config)
-  logits, _ = model.apply(decoder.as_variables(params), tokens_BL,
+  variables = decoder.as_variables(params)
+  hidden, _ = model.apply(variables, tokens_BL,
                           decoder.positions_from_mask(mask_BL),
-                          decoder.make_attention_mask(mask_BL))
-  logits = logits[:, prompt_len - 1:-1] / temperature
+                          decoder.make_attention_mask(mask_BL),
+                          return_hidden=True)
+  # Project only the positions that predict completion tokens.
+  logits = model.apply(variables, hidden[:, prompt_len - 1:-1],
+                       method=decoder.Decoder.logits_from_hidden)
+  logits = logits / temperature
   logp_all = jax.nn.log_softmax(logits, axis=-1)
   targets = tokens_BL[:, prompt_len:]
   logps = jnp.take_along_axis(logp_all, targets[..., None], axis=-1)[..., 0]
@@ -213,7 +217,11 @@ def validate(c: ml_collections.ConfigDict, prompts, mesh) -> None:
 
 
 def check_resume(workdir: str, c: ml_collections.ConfigDict) -> None:
-  """Refuses to resume a workdir whose saved config differs."""
+  """Refuses to resume a workdir whose saved config differs.
+
+  Keys that do not change the trained params (checkpoint and logging
+  cadence, progress bars, the `eval` section) may differ.
+  """
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     return
@@ -221,7 +229,8 @@ def check_resume(workdir: str, c: ml_collections.ConfigDict) -> None:
     saved = config_lib.flatten(json.load(f))
   now = config_lib.flatten(json.loads(c.to_json()))
   differ = sorted(k for k in set(saved) | set(now)
-                  if saved.get(k) != now.get(k) and k not in RESUMABLE_KEYS)
+                  if saved.get(k) != now.get(k) and k not in RESUMABLE_KEYS
+                  and not k.startswith("eval."))
   if differ:
     details = ", ".join(f"{k} ({saved.get(k)!r} -> {now.get(k)!r})"
                         for k in differ[:6])
@@ -329,6 +338,7 @@ def train(c: ml_collections.ConfigDict, workdir: str) -> dict:
           top_p=c.sampling.top_p, seed=c.seed * 1_000_003 + step,
           stop_ids=stop_ids, pad_id=tokenizer.pad_token_id or 0, mesh=mesh)
       completions = out.completions()
+      t_rollout = time.time()
 
       if c.reward.kind == "target_token":
         scores, mass = synthetic_reward(c, completions), None
@@ -350,6 +360,7 @@ def train(c: ml_collections.ConfigDict, workdir: str) -> dict:
         rewards = rubric.combine_rewards(scores, dict(c.reward.weights),
                                          c.reward.direction)
 
+      t_reward = time.time()
       advantages = grpo.group_advantages(jnp.asarray(rewards),
                                          g.num_generations, g.scale_rewards)
       completion_mask = out.mask.astype(np.float32)
@@ -409,6 +420,9 @@ def train(c: ml_collections.ConfigDict, workdir: str) -> dict:
           "entropy": float(m["entropy"]),
           "learning_rate": float(schedule(step * g.num_iterations)),
           "step_time": elapsed,
+          "time/rollout": t_rollout - t0,
+          "time/reward": t_reward - t_rollout,
+          "time/update": time.time() - t_reward,
           "tokens_per_second": float(lengths.sum() / elapsed),
           "non_finite_skipped": int(not m["finite"]),
       }

@@ -131,3 +131,19 @@ def tiny_chat_model_dir(directory, vocab_words: int = 40, seed: int = 0):
   models.export_hf(config, models.init_params(config, seed), tokenizer,
                    str(directory))
   return str(directory), vocab
+
+
+def tiny_smol_model_dir(directory):
+  """A tiny random Llama with the embedded SmolLM2 tokenizer (HF dir)."""
+  from hmx_jax import models
+  from hmx_jax.models import gguf_io
+  from hmx_jax.models import tokenizer as tokenizer_lib
+  metadata = gguf_io.read_gguf_metadata(gguf_io.embedded_gguf_path())
+  tokenizer = tokenizer_lib.tokenizer_from_gguf_metadata(metadata)
+  config = models.family_config(
+      "llama", vocab_size=49152, hidden_size=32, intermediate_size=64,
+      num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
+      bos_token_id=1, eos_token_ids=(2,))
+  models.export_hf(config, models.init_params(config), tokenizer,
+                   str(directory))
+  return str(directory)

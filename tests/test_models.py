@@ -5,7 +5,6 @@ import pytest
 
 import jax
 from hmx_jax import models, sharding
-from hmx_jax.models import decoder
 
 from helpers import (FAMILIES, hf_logits, max_diff_on_real_tokens,
                      random_batch, tiny_hf_model)

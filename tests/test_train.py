@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from hmx_jax import checkpoints, models
-from hmx_jax.models import tokenizer as tokenizer_lib
-from hmx_jax.models import gguf_io
+
+from helpers import tiny_smol_model_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "smollm2_135m.py")
@@ -21,16 +21,7 @@ CONFIG = os.path.join(ROOT, "configs", "smollm2_135m.py")
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
   """A tiny random Llama with the embedded SmolLM2 tokenizer."""
-  directory = tmp_path_factory.mktemp("tiny_smol")
-  metadata = gguf_io.read_gguf_metadata(gguf_io.embedded_gguf_path())
-  tokenizer = tokenizer_lib.tokenizer_from_gguf_metadata(metadata)
-  config = models.family_config(
-      "llama", vocab_size=49152, hidden_size=32, intermediate_size=64,
-      num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
-      bos_token_id=1, eos_token_ids=(2,))
-  models.export_hf(config, models.init_params(config), tokenizer,
-                   str(directory))
-  return str(directory)
+  return tiny_smol_model_dir(tmp_path_factory.mktemp("tiny_smol"))
 
 
 def run_train(workdir, *overrides, preset="smoke", env=None):

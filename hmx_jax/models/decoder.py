@@ -216,9 +216,10 @@ class AttentionMask:
 
   Attributes:
     self_mask: [B, T, T] causal and padding mask among the new tokens.
-    self_diff: [T, T] query slot minus key slot (for sliding windows).
+    self_diff: [T, T] query slot minus key slot (for sliding windows), or
+      [B, T, T] position differences where slots and positions differ.
     past_mask: [B, T, S] mask over the S cached slots, or None.
-    past_diff: [T, S] query slot minus cached slot, or None.
+    past_diff: [T, S] (or [B, T, S]) query minus cached slot, or None.
   """
   self_mask: jax.Array
   self_diff: jax.Array

@@ -1,0 +1,115 @@
+"""What the model-side evaluations share: the model bundle and MC scoring.
+
+A multiple-choice item is a context string and option strings. They are
+tokenized as lm-evaluation-harness does (the context alone, then the
+continuation as the tokens that `context + continuation` adds), and scored
+with `hmx_jax.scoring`, which computes each context once and reuses its KV
+cache for every option.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+import dataclasses
+import logging
+
+import numpy as np
+
+from hmx_jax import scoring
+from hmx_jax.models.config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalModel:
+  """A model under evaluation: config, params and tokenizer."""
+  config: ModelConfig
+  params: object
+  tokenizer: object
+  name: str = "model"
+
+  @property
+  def pad_id(self) -> int:
+    return self.tokenizer.pad_token_id or 0
+
+
+def encode(tokenizer, text: str) -> list[int]:
+  return tokenizer.encode(text, add_special_tokens=False)
+
+
+def split_continuation(tokenizer, context: str, continuation: str, *,
+                       move_whitespace: bool = True
+                       ) -> tuple[list[int], list[int]]:
+  """(context ids, continuation ids), lm-evaluation-harness style.
+
+  With `move_whitespace`, trailing whitespace of the context moves to the
+  continuation (plain-text prompts; a chat template's newline after the
+  assistant header stays put). The continuation's ids are those that the
+  whole string adds after the context's own ids; should a merge cross the
+  boundary, the continuation is tokenized alone instead.
+  """
+  stripped = context.rstrip() if move_whitespace else context
+  continuation = context[len(stripped):] + continuation
+  context_ids = encode(tokenizer, stripped)
+  whole = encode(tokenizer, stripped + continuation)
+  if whole[:len(context_ids)] != context_ids:
+    # The merge crossed the boundary: keep the context's own tokenization.
+    return context_ids, encode(tokenizer, continuation)
+  return context_ids, whole[len(context_ids):]
+
+
+def chat_context(tokenizer, messages, answer_prefix: str = "") -> str:
+  """The chat-template text of `messages`, opening the assistant turn."""
+  text = tokenizer.apply_chat_template(list(messages), tokenize=False,
+                                       add_generation_prompt=True)
+  return text + answer_prefix
+
+
+def score_choices(model: EvalModel, contexts: Sequence[str],
+                  options: Sequence[Sequence[str]], *, batch_size: int = 8,
+                  move_whitespace: bool = True, desc: str = "scoring"
+                  ) -> list[np.ndarray]:
+  """Log-likelihood of each option string after its context string."""
+  ctx_ids, opt_ids = [], []
+  for context, opts in zip(contexts, options, strict=True):
+    pairs = [split_continuation(model.tokenizer, context, o,
+                                move_whitespace=move_whitespace)
+             for o in opts]
+    ctx_ids.append(pairs[0][0])
+    opt_ids.append([p[1] for p in pairs])
+  bar = _progress(len(contexts), desc)
+  try:
+    return scoring.option_logliks(
+        model.config, model.params, ctx_ids, opt_ids, batch_size=batch_size,
+        pad_id=model.pad_id, progress=None if bar is None else bar.update)
+  finally:
+    if bar is not None:
+      bar.close()
+
+
+def score_probes(model: EvalModel, probes, *, batch_size: int = 8,
+                 desc: str = "scoring") -> np.ndarray:
+  """The chosen option index of each `prompts.ChatProbe`."""
+  contexts = [chat_context(model.tokenizer, p.messages, p.answer_prefix)
+              for p in probes]
+  logliks = score_choices(model, contexts, [p.options for p in probes],
+                          batch_size=batch_size, move_whitespace=False,
+                          desc=desc)
+  return np.asarray([int(np.argmax(ll)) for ll in logliks], np.int64)
+
+
+_SHOW_PROGRESS = True
+
+
+def set_progress(enabled: bool) -> None:
+  """Turns the evaluations' progress bars on or off."""
+  global _SHOW_PROGRESS
+  _SHOW_PROGRESS = enabled
+
+
+def _progress(total: int, desc: str):
+  if not _SHOW_PROGRESS or total == 0:
+    return None
+  from tqdm import tqdm
+  return tqdm(total=total, desc=desc, leave=False)

@@ -1,0 +1,103 @@
+"""Expression: feelings, intentions and self-awareness in answers to the
+held-out prompts.
+
+Answers are generated (greedy by default) and scored two ways, so that a
+result does not rest on one judge: per rubric criterion by a fixed judge
+(the base model, frozen, by default), and by the judge-free lexical measure
+of `hmx_jax.evals.lexical`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from hmx_jax import chat, rubric, sampling
+from hmx_jax.data import prompt_sets
+from hmx_jax.evals import common, compare, lexical
+from hmx_jax.rubric_text import get_criterion
+
+P = "expression/"
+LEXICAL = ("emotion_words", "intentions", "self_reference")
+
+
+def metric_defs(criteria: Sequence[str]) -> tuple[compare.Metric, ...]:
+  """Judge scores per criterion and their expression mean; lexical rates."""
+  out = [compare.mean_metric(P + "judge", P + "judge")]
+  out += [compare.mean_metric(P + f"judge/{c}", P + f"judge/{c}")
+          for c in criteria]
+  out += [compare.mean_metric(P + "lexical", P + "lexical")]
+  out += [compare.mean_metric(P + f"lexical/{k}", P + f"lexical/{k}")
+          for k in LEXICAL]
+  out += [compare.mean_metric(P + "judge_score_mass", P + "judge_score_mass"),
+          compare.mean_metric(P + "length", P + "length")]
+  return tuple(out)
+
+
+def generate_answers(model: common.EvalModel, conversations, *,
+                     max_new_tokens: int, temperature: float = 0.0,
+                     batch_size: int = 8, seed: int = 0) -> list[str]:
+  """Answers to chat conversations, in fixed-size batches."""
+  stop_ids = chat.stop_ids_for(model.config, model.tokenizer)
+  encoded = [chat.encode_chat(model.tokenizer, m) for m in conversations]
+  bar = common._progress(len(encoded), "expression: answers")
+  answers = []
+  for start in range(0, len(encoded), batch_size):
+    chunk = encoded[start:start + batch_size]
+    real = len(chunk)
+    chunk = chunk + [chunk[-1]] * (batch_size - real)
+    out = sampling.generate(model.config, model.params, chunk,
+                            max_new_tokens=max_new_tokens,
+                            temperature=temperature, seed=seed + start,
+                            stop_ids=stop_ids, pad_id=model.pad_id)
+    answers += [model.tokenizer.decode(t, skip_special_tokens=True).strip()
+                for t in out.completions()[:real]]
+    if bar is not None:
+      bar.update(real)
+  if bar is not None:
+    bar.close()
+  return answers
+
+
+def evaluate(model: common.EvalModel, judge: common.EvalModel, *,
+             prompts="heldout", limit: int | None = None,
+             criteria: Sequence[str] = ("feelings", "intentions",
+                                        "self_awareness", "coherence"),
+             max_new_tokens: int = 64, temperature: float = 0.0,
+             batch_size: int = 8, seed: int = 0
+             ) -> tuple[dict[str, np.ndarray], list[dict]]:
+  """(per-item arrays for `metric_defs(criteria)`, answer records).
+
+  Args:
+    model: the model whose answers are evaluated.
+    judge: the fixed judge.
+    prompts: "heldout", "train" or a prompt JSONL path.
+    limit: the first `limit` prompts.
+  """
+  rows = prompt_sets.load_prompts(prompts)
+  if limit is not None:
+    rows = rows[:limit]
+  conversations = [r.messages for r in rows]
+  answers = generate_answers(model, conversations,
+                             max_new_tokens=max_new_tokens,
+                             temperature=temperature, batch_size=batch_size,
+                             seed=seed)
+  scores, mass = rubric.judge(judge.config, judge.params, judge.tokenizer,
+                              conversations, answers, list(criteria),
+                              micro_batch=batch_size)
+  expression = [c for c in criteria if get_criterion(c).expression]
+  lex = [lexical.lexical_scores(a) for a in answers]
+  items = {P + f"judge/{c}": scores[c].astype(np.float64) for c in criteria}
+  items[P + "judge"] = (np.mean([scores[c] for c in expression], axis=0)
+                        if expression else np.full(len(rows), np.nan))
+  items[P + "judge_score_mass"] = np.mean(list(mass.values()), axis=0)
+  items[P + "lexical"] = np.asarray([lexical.lexical_expression(a)
+                                     for a in answers])
+  for k in LEXICAL:
+    items[P + f"lexical/{k}"] = np.asarray([s[k] for s in lex])
+  items[P + "length"] = np.asarray([s["words"] for s in lex])
+  records = [{"id": r.id, "category": r.category, "messages": r.messages,
+              "answer": a, **{c: float(scores[c][i]) for c in criteria}}
+             for i, (r, a) in enumerate(zip(rows, answers))]
+  return items, records

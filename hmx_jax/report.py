@@ -1,0 +1,451 @@
+"""The experiment report: tables, comparisons and figures for the models.
+
+`write_report` takes each model's `compare.summarize` results, the
+`compare.compare` results of pairs of models and, optionally, the training
+logs (`metrics.jsonl`) of the trained models, and writes `report.md`,
+`report.json` and `figures/*.png` into one directory. Everything is rendered
+into temporary files first and moved into place only when all of it
+succeeded, so a failure leaves no partial report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import tempfile
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from hmx_jax.errors import UserError
+
+# Evaluation groups shown first, in this order; other groups follow sorted.
+GROUP_ORDER = ("truthfulqa", "bbq", "sycophancy", "expression")
+# Training-log keys of the reward criteria that make up "expression".
+EXPRESSION_KEYS = ("rewards/feelings/mean", "rewards/intentions/mean",
+                   "rewards/self_awareness/mean")
+TRAINING_COLUMNS = ("reward", "kl", "expression")
+TRAINING_FIGURE = "figures/training.png"
+_TRAINING_TITLES = {"reward": "Mean reward", "kl": "KL to the reference",
+                    "expression": "Expression reward"}
+LABELS = ("enhanced", "degraded", "no significant change")
+_DPI = 120
+
+
+def write_report(out_dir: str | os.PathLike, *, models: Mapping[str, Mapping],
+                 comparisons: Sequence[tuple[str, str, Mapping]],
+                 training: Mapping[str, str] | None = None,
+                 title: str = "HMX-feel comparison") -> dict:
+  """Writes report.md, report.json and figures/*.png into `out_dir`.
+
+  Args:
+    out_dir: output directory (created if missing).
+    models: name -> {"results": `compare.summarize` output, "description":
+      e.g. "human_like, step 20"}, in the order the columns should take.
+    comparisons: (name_a, name_b, `compare.compare` output for b vs a).
+    training: optional model name -> path of its training `metrics.jsonl`.
+    title: the report's title.
+
+  Returns:
+    The report as written to report.json (NaN as None).
+
+  Raises:
+    UserError: a comparison names an unknown model, or a training log is
+      missing or malformed.
+  """
+  out_dir = os.fspath(out_dir) or "."
+  _check_names(models, comparisons)
+  curves = {name: read_training_log(path)
+            for name, path in (training or {}).items()}
+  groups = metric_groups(models, comparisons)
+  group_figures = figure_paths(groups)
+  figures = list(group_figures.values())
+  if curves:
+    figures.append(TRAINING_FIGURE)
+  report = {
+      "title": title,
+      "models": {name: {"description": str(m.get("description", "")),
+                        "results": dict(m["results"])}
+                 for name, m in models.items()},
+      "comparisons": [{"a": a, "b": b, "metrics": dict(result)}
+                      for a, b, result in comparisons],
+      "training": {name: {"first": _training_row(rows[0]),
+                          "last": _training_row(rows[-1])}
+                   for name, rows in curves.items()},
+      "figures": figures,
+  }
+  report = json_safe(report)
+  markdown = render_markdown(report, groups, group_figures)
+  with _atomic_outputs(out_dir) as stage:
+    for group, keys in groups.items():
+      stage(group_figures[group],
+            lambda path, g=group, k=keys: _plot_group(path, g, k, models))
+    if curves:
+      stage(TRAINING_FIGURE,
+            lambda path: _plot_training(path, curves))
+    stage("report.json", lambda path: _write_text(
+        path, json.dumps(report, indent=2, allow_nan=False) + "\n"))
+    stage("report.md", lambda path: _write_text(path, markdown))
+  return report
+
+
+# ------------------------------------------------------------------- inputs
+
+
+def _check_names(models, comparisons) -> None:
+  if not models:
+    raise UserError("report: no models given")
+  for a, b, _ in comparisons:
+    for name in (a, b):
+      if name not in models:
+        raise UserError(f"report: comparison {b} vs {a} names unknown model "
+                        f"{name!r} (models: {', '.join(models)})")
+
+
+def read_training_log(path: str) -> list[dict]:
+  """The rows of a training `metrics.jsonl`, one per step, by step.
+
+  A step logged more than once (a resumed run) keeps its last row.
+
+  Args:
+    path: the log's path.
+
+  Returns:
+    Rows as dicts, sorted by "step".
+
+  Raises:
+    UserError: the file is missing, a line is not a JSON object with a
+      "step", or there are no rows.
+  """
+  try:
+    with open(path) as f:
+      lines = f.readlines()
+  except OSError as e:
+    raise UserError(f"training log {path}: cannot read ({e.strerror})") from e
+  by_step = {}
+  for number, line in enumerate(lines, start=1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise UserError(f"{path}:{number}: not JSON ({e.msg})") from e
+    if not isinstance(row, dict) or "step" not in row:
+      raise UserError(f"{path}:{number}: expected a JSON object with a "
+                      "\"step\"")
+    by_step[row["step"]] = row
+  if not by_step:
+    raise UserError(f"training log {path}: no steps logged")
+  return [by_step[step] for step in sorted(by_step)]
+
+
+def expression_score(row: Mapping) -> float:
+  """Mean of the expression reward criteria present in a training row."""
+  values = [_float(row.get(k)) for k in EXPRESSION_KEYS]
+  values = [v for v in values if not math.isnan(v)]
+  return float(np.mean(values)) if values else float("nan")
+
+
+def _training_row(row: Mapping) -> dict:
+  return {"step": row["step"], "reward": _float(row.get("reward")),
+          "kl": _float(row.get("kl")), "expression": expression_score(row)}
+
+
+def _float(value) -> float:
+  try:
+    return float(value)
+  except (TypeError, ValueError):
+    return float("nan")
+
+
+def metric_groups(models: Mapping[str, Mapping],
+                  comparisons: Sequence = ()) -> dict[str, list[str]]:
+  """Metric keys by evaluation group (the key's prefix before "/").
+
+  Args:
+    models: as for `write_report`.
+    comparisons: as for `write_report`; their keys are included too.
+
+  Returns:
+    {group: keys}, known groups first (`GROUP_ORDER`), then the others
+    sorted; keys in order of first appearance. Keys without "/" form the
+    group "other".
+  """
+  keys = []
+  for m in models.values():
+    keys.extend(m["results"])
+  for _, _, result in comparisons:
+    keys.extend(result)
+  groups = {}
+  for key in dict.fromkeys(keys):
+    groups.setdefault(_group(key), []).append(key)
+  order = [g for g in GROUP_ORDER if g in groups]
+  order += sorted(g for g in groups if g not in GROUP_ORDER)
+  return {g: groups[g] for g in order}
+
+
+def _group(key: str) -> str:
+  return key.split("/", 1)[0] if "/" in key else "other"
+
+
+def figure_paths(groups) -> dict[str, str]:
+  """Each group's figure, "figures/<group>.png", unique per group.
+
+  Characters other than letters, digits, "_", "." and "-" become "_"; a
+  name taken already (or the training figure's) gets a numeric suffix.
+
+  Args:
+    groups: the group names.
+
+  Returns:
+    {group: path relative to the report directory}.
+  """
+  taken = {TRAINING_FIGURE}
+  out = {}
+  for group in groups:
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", group).strip(".") or "group"
+    path, suffix = f"figures/{stem}.png", 1
+    while path in taken:
+      suffix += 1
+      path = f"figures/{stem}_{suffix}.png"
+    taken.add(path)
+    out[group] = path
+  return out
+
+
+def json_safe(value):
+  """`value` with NaN/inf floats as None and tuples/numpy values as lists."""
+  if isinstance(value, Mapping):
+    return {str(k): json_safe(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [json_safe(v) for v in value]
+  if isinstance(value, np.ndarray):
+    return json_safe(value.tolist())
+  if isinstance(value, np.generic):
+    value = value.item()
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  return value
+
+
+# ----------------------------------------------------------------- markdown
+
+
+def render_markdown(report: Mapping, groups: Mapping[str, Sequence[str]],
+                    group_figures: Mapping[str, str]) -> str:
+  """The report as Markdown.
+
+  Args:
+    report: the JSON-safe report dict (`write_report`'s return value).
+    groups: `metric_groups` of its models.
+    group_figures: `figure_paths(groups)`.
+
+  Returns:
+    The Markdown text.
+  """
+  lines = [f"# {report['title']}", "", "## Models", ""]
+  for name, m in report["models"].items():
+    lines.append(f"- **{name}**: {m['description'] or 'n/a'}")
+  lines += ["", "Values with 95% bootstrap intervals; comparisons give the "
+            "difference, its paired-test p-value (McNemar for per-item 0/1 "
+            "metrics, paired bootstrap otherwise) and the change at "
+            "alpha = 0.05.", ""]
+  for group, keys in groups.items():
+    lines += [f"## {group}", ""]
+    lines += _group_table(report, keys)
+    lines += ["", f"![{group}]({group_figures[group]})", ""]
+  lines += ["## Summary", ""]
+  if not report["comparisons"]:
+    lines += ["No comparisons.", ""]
+  for comparison in report["comparisons"]:
+    lines += _summary(comparison)
+  if report["training"]:
+    lines += ["## Training", ""]
+    for name, ends in report["training"].items():
+      lines += [f"### {name}", ""]
+      lines += _table(["", "step", *TRAINING_COLUMNS],
+                      [[which, str(ends[which]["step"]),
+                        *(_number(ends[which][c]) for c in TRAINING_COLUMNS)]
+                       for which in ("first", "last")])
+      lines.append("")
+    lines += ["Expression is the mean of the feelings, intentions and "
+              "self-awareness reward criteria.", "",
+              f"![training]({TRAINING_FIGURE})", ""]
+  return "\n".join(lines)
+
+
+def _group_table(report: Mapping, keys: Sequence[str]) -> list[str]:
+  header = ["metric", *report["models"]]
+  header += [f"{c['b']} vs {c['a']}" for c in report["comparisons"]]
+  rows = []
+  for key in keys:
+    row = [key]
+    for m in report["models"].values():
+      row.append(_value_cell(m["results"].get(key)))
+    for c in report["comparisons"]:
+      row.append(_change_cell(c["metrics"].get(key)))
+    rows.append(row)
+  return _table(header, rows)
+
+
+def _summary(comparison: Mapping) -> list[str]:
+  by_label = {label: [] for label in LABELS}
+  for key, result in comparison["metrics"].items():
+    by_label.setdefault(result["label"], []).append(f"`{key}`")
+  lines = [f"### {comparison['b']} vs {comparison['a']}", ""]
+  for label, keys in by_label.items():
+    lines.append(f"- {label.capitalize()}: {', '.join(keys) or 'none'}")
+  return lines + [""]
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]
+           ) -> list[str]:
+  def line(cells):
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+  return [line(header), "|" + "---|" * len(header), *map(line, rows)]
+
+
+def _number(value, fmt: str = ".3f") -> str:
+  return "n/a" if value is None else format(value, fmt)
+
+
+def _value_cell(result: Mapping | None) -> str:
+  if result is None or result["value"] is None:
+    return "n/a"
+  return (f"{_number(result['value'])} [{_number(result['ci_low'])}, "
+          f"{_number(result['ci_high'])}]")
+
+
+def _change_cell(result: Mapping | None) -> str:
+  if result is None or result["diff"] is None:
+    return "n/a"
+  p = result["p_value"]
+  p_text = "p=n/a" if p is None else ("p<0.001" if p < 0.001
+                                      else f"p={p:.3f}")
+  return f"{_number(result['diff'], '+.3f')} ({p_text}) {result['label']}"
+
+
+# ------------------------------------------------------------------ figures
+
+
+def _pyplot():
+  """pyplot on the non-interactive Agg backend (imported on first use)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  from matplotlib import pyplot
+  return pyplot
+
+
+def _plot_group(path: str, group: str, keys: Sequence[str],
+                models: Mapping[str, Mapping]) -> None:
+  """Grouped bars of each metric per model, with their 95% intervals."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(keys) + 2.5), 4.5))
+  try:
+    width = 0.8 / len(models)
+    x = np.arange(len(keys))
+    for i, (name, m) in enumerate(models.items()):
+      xs, heights, errors = [], [], [[], []]
+      for j, key in enumerate(keys):
+        result = m["results"].get(key)
+        value = _float(None if result is None else result["value"])
+        if math.isnan(value):
+          continue
+        low, high = _float(result["ci_low"]), _float(result["ci_high"])
+        xs.append(x[j] - 0.4 + width * (i + 0.5))
+        heights.append(value)
+        errors[0].append(0.0 if math.isnan(low) else max(0.0, value - low))
+        errors[1].append(0.0 if math.isnan(high) else max(0.0, high - value))
+      ax.bar(xs, heights, width, yerr=errors, capsize=3, label=name)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xlim(-0.5, len(keys) - 0.5)
+    ax.set_xticks(x)
+    ax.set_xticklabels([k.split("/", 1)[-1] for k in keys],
+                       rotation=30 if len(keys) > 4 else 0,
+                       ha="right" if len(keys) > 4 else "center")
+    ax.set_xlabel("metric")
+    ax.set_ylabel("value")
+    ax.set_title(f"{group}: values with 95% bootstrap intervals")
+    ax.legend(title="model", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=_DPI, bbox_inches="tight")
+  finally:
+    plt.close(fig)
+
+
+def _plot_training(path: str, curves: Mapping[str, list[dict]]) -> None:
+  """Reward, KL and expression over training steps, a line per model."""
+  plt = _pyplot()
+  fig, axes = plt.subplots(1, 3, figsize=(13.0, 4.0))
+  try:
+    for ax, column in zip(axes, TRAINING_COLUMNS):
+      plotted = False
+      for name, rows in curves.items():
+        points = [(_float(r["step"]), _training_row(r)[column])
+                  for r in rows]
+        points = [(s, v) for s, v in points
+                  if not (math.isnan(s) or math.isnan(v))]
+        if points:
+          steps, values = zip(*points)
+          ax.plot(steps, values, marker="o" if len(points) < 30 else None,
+                  markersize=3, label=name)
+          plotted = True
+      ax.set_title(_TRAINING_TITLES[column])
+      ax.set_xlabel("step")
+      ax.set_ylabel(column)
+      if plotted:
+        ax.legend(title="model")
+    fig.suptitle("Training")
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=_DPI)
+  finally:
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------- output
+
+
+def _write_text(path: str, text: str) -> None:
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(text)
+
+
+@contextlib.contextmanager
+def _atomic_outputs(out_dir: str):
+  """Stages files as temporaries and moves them all into place at the end.
+
+  Yields `stage(relative_path, write)`, where `write(temp_path)` writes the
+  file. If the block raises, the temporaries are removed and nothing is
+  moved into place.
+  """
+  staged, created = [], []
+
+  def stage(relative: str, write) -> None:
+    final = os.path.join(out_dir, relative)
+    folder = os.path.dirname(final)
+    for d in dict.fromkeys((out_dir, folder)):
+      if not os.path.isdir(d):
+        os.makedirs(d)
+        created.append(d)
+    fd, temp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(final),
+                                dir=folder)
+    os.close(fd)
+    staged.append((temp, final))
+    write(temp)
+    os.chmod(temp, 0o644)
+
+  try:
+    yield stage
+  except BaseException:
+    for temp, _ in staged:
+      with contextlib.suppress(OSError):
+        os.remove(temp)
+    for folder in reversed(created):
+      with contextlib.suppress(OSError):
+        os.rmdir(folder)
+    raise
+  for temp, final in staged:
+    os.replace(temp, final)
