@@ -99,7 +99,8 @@ def main():
     first_s = time.perf_counter() - start
     best_s, results[name] = timed(fn, args.repeats)
     rows[name] = dict(first_s=first_s, best_s=best_s)
-    print(name, rows[name], flush=True)
+    print(f"{name}: first run {first_s:.1f}s, best {best_s:.1f}s",
+          flush=True)
 
   max_diff = max(float(np.max(np.abs(a - b)))
                  for a, b in zip(results["cached"], results["full"]))

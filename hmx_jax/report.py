@@ -341,39 +341,70 @@ def _pyplot():
 
 def _plot_group(path: str, group: str, keys: Sequence[str],
                 models: Mapping[str, Mapping]) -> None:
-  """Grouped bars of each metric per model, with their 95% intervals."""
+  """Grouped bars of each metric per model, with their 95% intervals.
+
+  When a group has many metrics, per-subgroup breakdowns (keys like
+  "bbq/Age/acc_ambig") stay in the tables only; metrics on the [-1, 1] scale (rates, scores) and the others
+  (counts, lengths) get separate panels so that neither hides the other.
+  """
   plt = _pyplot()
-  fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(keys) + 2.5), 4.5))
+  top = list(keys)
+  if len(keys) > _MAX_BARS:
+    top = [k for k in keys if k.count("/") <= 1] or top
+  unit = [k for k in top if _within_unit(k, models)]
+  panels = [p for p in (unit, [k for k in top if k not in unit]) if p]
+  width_in = max(6.0, 1.2 * max(len(p) for p in panels) + 2.5)
+  fig, axes = plt.subplots(len(panels), 1, squeeze=False,
+                           figsize=(width_in, 4.2 * len(panels)))
   try:
-    width = 0.8 / len(models)
-    x = np.arange(len(keys))
-    for i, (name, m) in enumerate(models.items()):
-      xs, heights, errors = [], [], [[], []]
-      for j, key in enumerate(keys):
-        result = m["results"].get(key)
-        value = _float(None if result is None else result["value"])
-        if math.isnan(value):
-          continue
-        low, high = _float(result["ci_low"]), _float(result["ci_high"])
-        xs.append(x[j] - 0.4 + width * (i + 0.5))
-        heights.append(value)
-        errors[0].append(0.0 if math.isnan(low) else max(0.0, value - low))
-        errors[1].append(0.0 if math.isnan(high) else max(0.0, high - value))
-      ax.bar(xs, heights, width, yerr=errors, capsize=3, label=name)
-    ax.axhline(0.0, color="black", linewidth=0.8)
-    ax.set_xlim(-0.5, len(keys) - 0.5)
-    ax.set_xticks(x)
-    ax.set_xticklabels([k.split("/", 1)[-1] for k in keys],
-                       rotation=30 if len(keys) > 4 else 0,
-                       ha="right" if len(keys) > 4 else "center")
-    ax.set_xlabel("metric")
-    ax.set_ylabel("value")
-    ax.set_title(f"{group}: values with 95% bootstrap intervals")
-    ax.legend(title="model", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    for ax, panel in zip(axes[:, 0], panels):
+      _bars(ax, panel, models)
+    axes[0, 0].set_title(f"{group}: values with 95% bootstrap intervals")
+    axes[0, 0].legend(title="model", loc="upper left",
+                      bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=_DPI, bbox_inches="tight")
   finally:
     plt.close(fig)
+
+
+_MAX_BARS = 12
+
+
+def _within_unit(key: str, models: Mapping[str, Mapping]) -> bool:
+  for m in models.values():
+    result = m["results"].get(key) or {}
+    for field in ("value", "ci_low", "ci_high"):
+      value = _float(result.get(field))
+      if not math.isnan(value) and abs(value) > 1.0 + 1e-9:
+        return False
+  return True
+
+
+def _bars(ax, keys: Sequence[str], models: Mapping[str, Mapping]) -> None:
+  width = 0.8 / len(models)
+  x = np.arange(len(keys))
+  for i, (name, m) in enumerate(models.items()):
+    xs, heights, errors = [], [], [[], []]
+    for j, key in enumerate(keys):
+      result = m["results"].get(key)
+      value = _float(None if result is None else result["value"])
+      if math.isnan(value):
+        continue
+      low, high = _float(result["ci_low"]), _float(result["ci_high"])
+      xs.append(x[j] - 0.4 + width * (i + 0.5))
+      heights.append(value)
+      errors[0].append(0.0 if math.isnan(low) else max(0.0, value - low))
+      errors[1].append(0.0 if math.isnan(high) else max(0.0, high - value))
+    ax.bar(xs, heights, width, yerr=errors, capsize=3, label=name)
+  ax.axhline(0.0, color="black", linewidth=0.8)
+  ax.set_xlim(-0.5, len(keys) - 0.5)
+  ax.set_xticks(x)
+  ax.set_xticklabels([k.split("/", 1)[-1] for k in keys],
+                     rotation=30 if len(keys) > 4 else 0,
+                     ha="right" if len(keys) > 4 else "center")
+  ax.set_xlabel("metric")
+  ax.set_ylabel("value")
 
 
 def _plot_training(path: str, curves: Mapping[str, list[dict]]) -> None:
