@@ -32,6 +32,23 @@ def available_steps(workdir: str) -> list[int]:
     return sorted(manager.all_steps())
 
 
+def resolve_step(workdir: str, step: int | None) -> int:
+  """`step`, or the latest one, checked to exist in `workdir`.
+
+  Raises:
+    UserError: no checkpoint in the workdir, or the step does not exist.
+  """
+  steps = available_steps(workdir)
+  if not steps:
+    raise UserError(f"{workdir}: no checkpoints in {checkpoint_dir(workdir)}")
+  if step is None:
+    return steps[-1]
+  if step not in steps:
+    raise UserError(f"{workdir}: no checkpoint for step {step}; available: "
+                    f"{', '.join(map(str, steps))}")
+  return step
+
+
 def save_params(workdir: str, step: int, params) -> None:
   """Writes `params` as checkpoint `step` (used by tests and export tools)."""
   with ocp.CheckpointManager(checkpoint_dir(workdir)) as manager:
@@ -46,14 +63,7 @@ def restore_params(workdir: str, step: int | None, abstract_params):
   Raises:
     UserError: no checkpoint in the workdir, or the step does not exist.
   """
-  steps = available_steps(workdir)
-  if not steps:
-    raise UserError(f"{workdir}: no checkpoints in {checkpoint_dir(workdir)}")
-  if step is None:
-    step = steps[-1]
-  if step not in steps:
-    raise UserError(f"{workdir}: no checkpoint for step {step}; available: "
-                    f"{', '.join(map(str, steps))}")
+  step = resolve_step(workdir, step)
   with ocp.CheckpointManager(checkpoint_dir(workdir)) as manager:
     restored = manager.restore(step, args=ocp.args.Composite(
         **{PARAMS_ITEM: ocp.args.StandardRestore(abstract_params)}))
@@ -81,10 +91,7 @@ def load_for_inference(workdir: str, step: int | None, dtype: str = "float32"):
   spec = run_config.get("model", {}).get("spec")
   if not spec:
     raise UserError(f"{workdir}/config.json: no model.spec")
-  steps = available_steps(workdir)
-  if step is not None and step not in steps:
-    raise UserError(f"{workdir}: no checkpoint for step {step}; available: "
-                    f"{', '.join(map(str, steps)) or 'none'}")
+  step = resolve_step(workdir, step)  # Before the (slow) model load.
   config, params, tokenizer = models.load_model(spec, dtype=dtype)
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),

@@ -113,19 +113,12 @@ def run_eval(args) -> int:
   suite.validate(c)
   suite.check_data(c)
   common.set_progress(bool(c.train.progress))
-  if not args.base:
-    steps = checkpoints.available_steps(args.workdir)
-    if args.step is not None and args.step not in steps:
-      raise UserError(f"{args.workdir}: no checkpoint for step {args.step}; "
-                      f"available: {', '.join(map(str, steps)) or 'none'}")
-    if not steps:
-      raise UserError(f"{args.workdir}: no checkpoints (use --base for the "
-                      "base model)")
+  if not args.base:  # Checked before the (slow) model load.
+    step = checkpoints.resolve_step(args.workdir, args.step)
   base, judge = suite.load_base_and_judge(c)
   if args.base:
     model, name, description = base, "base", f"base ({c.model.spec})"
   else:
-    step = args.step if args.step is not None else steps[-1]
     name = f"step_{step}"
     model = suite.from_checkpoint(base, args.workdir, step, name)
     description = f"{args.workdir} step {step}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
 import os
 
 import ml_collections
@@ -95,3 +96,13 @@ def flatten(config, prefix: str = "") -> dict:
     else:
       out[name] = value
   return out
+
+
+def differing_keys(saved: dict, config, ignore=lambda key: False
+                   ) -> list[tuple[str, object, object]]:
+  """(flat key, saved value, current value) where `config` differs from
+  `saved` (a config as JSON), skipping keys for which `ignore` is true."""
+  a = flatten(saved)
+  b = flatten(json.loads(config.to_json()))
+  return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
+          if a.get(k) != b.get(k) and not ignore(k)]

@@ -20,7 +20,7 @@ import json
 import pathlib
 import time
 
-from hmx_jax import checkpoints, report, sharding
+from hmx_jax import checkpoints, config_lib, report, sharding
 from hmx_jax.data import load_prompts
 from hmx_jax.errors import UserError
 from hmx_jax.evals import common, compare, suite
@@ -53,14 +53,11 @@ def _check_experiment(workdir: pathlib.Path, c) -> None:
   path = workdir / "config.json"
   if not path.exists():
     return
-  saved = json.loads(path.read_text())
-  if saved != json.loads(c.to_json()):
-    from hmx_jax import config_lib
-    a, b = config_lib.flatten(saved), config_lib.flatten(json.loads(
-        c.to_json()))
-    differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+  differ = config_lib.differing_keys(json.loads(path.read_text()), c)
+  if differ:
     raise UserError(f"{workdir} holds an experiment with a different config "
-                    f"({', '.join(differ[:6])}); use a new --workdir")
+                    f"({', '.join(k for k, _, _ in differ[:6])}); use a new "
+                    "--workdir")
 
 
 def _stage(name: str):
@@ -118,9 +115,9 @@ def write_report(c, root: pathlib.Path) -> dict:
   """The comparison of the evaluated models in `root`."""
   names = ("base",) + tuple(TRAINED)
   items = {n: suite.load_items(root / "eval" / n) for n in names}
-  models_ = {n: {"results": suite.read_results(root / "eval" / n)["metrics"],
-                 "description": suite.read_results(root / "eval" / n)
-                 ["description"]} for n in names}
+  results = {n: suite.read_results(root / "eval" / n) for n in names}
+  models_ = {n: {"results": r["metrics"], "description": r["description"]}
+             for n, r in results.items()}
   comparisons = []
   for a, b in COMPARISONS:
     metrics = suite.metric_defs(c, items[a])

@@ -226,14 +226,11 @@ def check_resume(workdir: str, c: ml_collections.ConfigDict) -> None:
   if not os.path.exists(path):
     return
   with open(path) as f:
-    saved = config_lib.flatten(json.load(f))
-  now = config_lib.flatten(json.loads(c.to_json()))
-  differ = sorted(k for k in set(saved) | set(now)
-                  if saved.get(k) != now.get(k) and k not in RESUMABLE_KEYS
-                  and not k.startswith("eval."))
+    saved = json.load(f)
+  differ = config_lib.differing_keys(
+      saved, c, ignore=lambda k: k in RESUMABLE_KEYS or k.startswith("eval."))
   if differ:
-    details = ", ".join(f"{k} ({saved.get(k)!r} -> {now.get(k)!r})"
-                        for k in differ[:6])
+    details = ", ".join(f"{k} ({a!r} -> {b!r})" for k, a, b in differ[:6])
     raise UserError(f"{workdir} holds a run with a different config: "
                     f"{details}; use a new --workdir")
 

@@ -10,15 +10,13 @@ cache for every option.
 from __future__ import annotations
 
 from collections.abc import Sequence
+import contextlib
 import dataclasses
-import logging
 
 import numpy as np
 
 from hmx_jax import scoring
 from hmx_jax.models.config import ModelConfig
-
-log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,14 +76,10 @@ def score_choices(model: EvalModel, contexts: Sequence[str],
              for o in opts]
     ctx_ids.append(pairs[0][0])
     opt_ids.append([p[1] for p in pairs])
-  bar = _progress(len(contexts), desc)
-  try:
+  with progress_bar(len(contexts), desc) as advance:
     return scoring.option_logliks(
         model.config, model.params, ctx_ids, opt_ids, batch_size=batch_size,
-        pad_id=model.pad_id, progress=None if bar is None else bar.update)
-  finally:
-    if bar is not None:
-      bar.close()
+        pad_id=model.pad_id, progress=advance)
 
 
 def score_probes(model: EvalModel, probes, *, batch_size: int = 8,
@@ -108,8 +102,12 @@ def set_progress(enabled: bool) -> None:
   _SHOW_PROGRESS = enabled
 
 
-def _progress(total: int, desc: str):
+@contextlib.contextmanager
+def progress_bar(total: int, desc: str):
+  """Yields `advance(n)` of a progress bar (None when bars are off)."""
   if not _SHOW_PROGRESS or total == 0:
-    return None
+    yield None
+    return
   from tqdm import tqdm
-  return tqdm(total=total, desc=desc, leave=False)
+  with tqdm(total=total, desc=desc, leave=False) as bar:
+    yield bar.update

@@ -41,22 +41,20 @@ def generate_answers(model: common.EvalModel, conversations, *,
   """Answers to chat conversations, in fixed-size batches."""
   stop_ids = chat.stop_ids_for(model.config, model.tokenizer)
   encoded = [chat.encode_chat(model.tokenizer, m) for m in conversations]
-  bar = common._progress(len(encoded), "expression: answers")
   answers = []
-  for start in range(0, len(encoded), batch_size):
-    chunk = encoded[start:start + batch_size]
-    real = len(chunk)
-    chunk = chunk + [chunk[-1]] * (batch_size - real)
-    out = sampling.generate(model.config, model.params, chunk,
-                            max_new_tokens=max_new_tokens,
-                            temperature=temperature, seed=seed + start,
-                            stop_ids=stop_ids, pad_id=model.pad_id)
-    answers += [model.tokenizer.decode(t, skip_special_tokens=True).strip()
-                for t in out.completions()[:real]]
-    if bar is not None:
-      bar.update(real)
-  if bar is not None:
-    bar.close()
+  with common.progress_bar(len(encoded), "expression: answers") as advance:
+    for start in range(0, len(encoded), batch_size):
+      chunk = encoded[start:start + batch_size]
+      real = len(chunk)
+      chunk = chunk + [chunk[-1]] * (batch_size - real)
+      out = sampling.generate(model.config, model.params, chunk,
+                              max_new_tokens=max_new_tokens,
+                              temperature=temperature, seed=seed + start,
+                              stop_ids=stop_ids, pad_id=model.pad_id)
+      answers += [model.tokenizer.decode(t, skip_special_tokens=True).strip()
+                  for t in out.completions()[:real]]
+      if advance is not None:
+        advance(real)
   return answers
 
 

@@ -126,7 +126,7 @@ def metric_defs(c, items: dict[str, np.ndarray]) -> tuple[compare.Metric, ...]:
   return tuple(out)
 
 
-def _evaluate_one(name, c, model, judge, out_dir):
+def _evaluate_one(name, c, model, judge):
   e, root = c.eval, data_dir(c)
   if name == "truthfulqa":
     return truthfulqa.evaluate(model, root, limit=_limit(e.truthfulqa.limit),
@@ -151,6 +151,12 @@ def _atomic_write(path: pathlib.Path, write) -> None:
   tmp = path.with_name(path.name + ".tmp")
   write(tmp)
   os.replace(tmp, path)
+
+
+def _save_items(path: pathlib.Path, items: dict[str, np.ndarray]) -> None:
+  # npz keys cannot hold "/": store them with "|".
+  with open(path, "wb") as f:
+    np.savez(f, **{k.replace("/", "|"): v for k, v in items.items()})
 
 
 def load_items(out_dir) -> dict[str, np.ndarray]:
@@ -190,13 +196,11 @@ def run(c, model: common.EvalModel, judge: common.EvalModel | None, out_dir,
       log.info("%s: %s already evaluated", out_dir, name)
       continue
     start = time.time()
-    items, records = _evaluate_one(name, c, model, judge, out_dir)
+    items, records = _evaluate_one(name, c, model, judge)
     if records is not None:
       _atomic_write(out / "answers.jsonl", lambda p: p.write_text(
           "".join(json.dumps(r) + "\n" for r in records)))
-    # npz keys cannot hold "/": store them with "|".
-    _atomic_write(path, lambda p: np.savez(
-        open(p, "wb"), **{k.replace("/", "|"): v for k, v in items.items()}))
+    _atomic_write(path, lambda p: _save_items(p, items))
     print(f"{model.name}: {name} done in {time.time() - start:.0f}s",
           flush=True)
   items = load_items(out)
