@@ -6,6 +6,11 @@ a prefill over the prompts writes the KV cache, and a `jax.lax.while_loop`
 decodes one token per iteration until every sequence has stopped or
 `max_new_tokens` is reached. The cache is a pytree carried through the loop.
 
+On CPU, with float32 weights, prefill and decode run their matmuls, and the
+decode steps their attention, on the kernels of `hmx_jax.kernels.cpu`: the
+weights are packed once per set of params (kept while those params live)
+and read in place, at the machine's memory bandwidth.
+
 Log-probs are those of the distribution the policy samples from before
 top-k / top-p filtering: `log_softmax(logits / temperature)`, or
 `log_softmax(logits)` for greedy decoding (temperature 0), as in TRL's GRPO.
@@ -16,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 import dataclasses
 import functools
+import weakref
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +30,7 @@ import numpy as np
 
 from hmx_jax import sharding
 from hmx_jax.errors import UserError
+from hmx_jax.kernels import cpu as kernels_cpu
 from hmx_jax.models import decoder
 from hmx_jax.models.config import ModelConfig
 
@@ -76,12 +83,20 @@ class SampleOutput:
                                                            self.mask)]
 
 
-def bucket_length(n: int, minimum: int = 16) -> int:
-  """Powers of two up to 512, then multiples of 512: few programs, <2x pad."""
+def bucket_length(n: int, minimum: int = 16, half_steps: bool = False
+                  ) -> int:
+  """Powers of two up to 512, then multiples of 512: few programs, <2x pad.
+
+  With `half_steps`, 1.5x powers of two (24, 48, 96, ...) are buckets too:
+  twice the programs, at most 1.5x padding.
+  """
   n = max(n, minimum)
-  if n <= 512:
-    return 1 << (n - 1).bit_length()
-  return -(-n // 512) * 512
+  if n > 512:
+    return -(-n // 512) * 512
+  power = 1 << (n - 1).bit_length()
+  if half_steps and n <= power * 3 // 4:
+    return power * 3 // 4
+  return power
 
 
 def pad_prompts(prompts: Sequence[Sequence[int]], length: int, pad_id: int = 0
@@ -119,16 +134,23 @@ def filter_logits(logits_BV: jax.Array, top_k: int, top_p: float) -> jax.Array:
 
 def sample_token(logits_BV: jax.Array, rng: jax.Array, s: SamplingConfig
                  ) -> tuple[jax.Array, jax.Array]:
-  """Samples one token per row; returns (tokens [B], policy log-probs [B])."""
+  """Samples one token per row; returns (tokens [B], policy log-probs [B]).
+
+  Built from plain max / sum reductions: over a vocabulary-sized row these
+  are several times cheaper on CPU than `argmax` and `log_softmax`.
+  """
+  scaled = logits_BV if s.temperature == 0.0 else logits_BV / s.temperature
+  top = jnp.max(scaled, axis=-1, keepdims=True)
+  log_norm = top[:, 0] + jnp.log(jnp.sum(jnp.exp(scaled - top), axis=-1))
   if s.temperature == 0.0:
-    token = jnp.argmax(logits_BV, axis=-1)
-    logp = jax.nn.log_softmax(logits_BV, axis=-1)
-  else:
-    scaled = logits_BV / s.temperature
-    logp = jax.nn.log_softmax(scaled, axis=-1)
-    token = jax.random.categorical(rng, filter_logits(scaled, s.top_k,
-                                                      s.top_p))
-  return token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
+    # The first index of the maximum, as `jnp.argmax` (float indices are
+    # exact below 2**24).
+    index = jax.lax.broadcasted_iota(jnp.float32, scaled.shape, 1)
+    token = jnp.min(jnp.where(scaled == top, index, jnp.inf), axis=-1)
+    return token.astype(jnp.int32), top[:, 0] - log_norm
+  token = jax.random.categorical(rng, filter_logits(scaled, s.top_k, s.top_p))
+  picked = jnp.take_along_axis(scaled, token[:, None], axis=-1)[:, 0]
+  return token, picked - log_norm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,9 +159,65 @@ class _Stream:
   fn: Callable | None
 
 
+class _PackedWeights:
+  """The last `decoder.pack_for_decode` result, kept while its params live.
+
+  Evaluation and chat call `generate` many times with the same params, so
+  they pack once; a training step's new params pack once per rollout. Only
+  one packed copy is held at a time.
+  """
+
+  def __init__(self):
+    self._key = None
+    self._packed = None
+
+  def get(self, config: ModelConfig, params) -> decoder.CpuDecode:
+    leaves = jax.tree.leaves(params)
+    if (self._key is not None and self._key[0] == config
+        and len(self._key[1]) == len(leaves)
+        and all(ref() is leaf for ref, leaf in zip(self._key[1], leaves))):
+      return self._packed
+    self._key = self._packed = None  # Free the old copy first.
+    self._packed = _pack(config, params)
+    self._key = (config, [weakref.ref(leaf) for leaf in leaves])
+    return self._packed
+
+
+_pack = jax.jit(decoder.pack_for_decode, static_argnums=0)
+_packed_weights = _PackedWeights()
+
+
+def pack_for_cpu(config: ModelConfig, params) -> decoder.CpuDecode:
+  """The weights packed for the CPU decode kernels, made once per params.
+
+  `generate` calls this itself; calling it ahead keeps the packing (a copy
+  of the weights) out of the first `generate` call.
+  """
+  if not kernels_cpu.available():
+    raise UserError("the CPU decode kernels could not be built (see the "
+                    "warning above)")
+  return _packed_weights.get(config, params)
+
+
+def _use_cpu_kernels(config: ModelConfig, params, mesh) -> bool:
+  """The default of `generate(cpu_kernels=None)`."""
+  if mesh is not None or not decoder.can_pack_for_decode(config):
+    return False
+  for leaf in jax.tree.leaves(params):
+    if not isinstance(leaf, jax.Array):  # Host arrays go to the default.
+      if jax.default_backend() != "cpu":
+        return False
+      continue
+    devices = leaf.devices()
+    if len(devices) != 1 or next(iter(devices)).platform != "cpu":
+      return False
+  return kernels_cpu.available()
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _sample(config: ModelConfig, s: SamplingConfig, stream: _Stream, params,
-            prompt_BP, prompt_mask_BP, rng):
+            kernels: decoder.CpuDecode | None, prompt_BP, prompt_mask_BP,
+            rng):
   B, P = prompt_BP.shape
   N = s.max_new_tokens
   model = decoder.Decoder(config)
@@ -154,9 +232,10 @@ def _sample(config: ModelConfig, s: SamplingConfig, stream: _Stream, params,
 
   hidden, new_kv = model.apply(
       variables, prompt_BP, decoder.positions_from_mask(prompt_mask_BP),
-      decoder.make_attention_mask(prompt_mask_BP), return_hidden=True)
+      decoder.make_attention_mask(prompt_mask_BP), return_hidden=True,
+      kernels=kernels)
   cache = decoder.update_cache(cache, new_kv, 0)
-  logits = model.apply(variables, hidden[:, -1:],
+  logits = model.apply(variables, hidden[:, -1:], kernels,
                        method=decoder.Decoder.logits_from_hidden)[:, 0]
   stop_ids = jnp.asarray(s.stop_ids or (-1,), jnp.int32)
 
@@ -205,7 +284,7 @@ def _sample(config: ModelConfig, s: SamplingConfig, stream: _Stream, params,
     mask = decoder.make_attention_mask(jnp.ones((B, 1), jnp.int32), slot,
                                        key_mask)
     logits, new_kv = model.apply(variables, state["last"][:, None], positions,
-                                 mask, state["cache"])
+                                 mask, state["cache"], kernels=kernels)
     cache = decoder.update_cache(state["cache"], new_kv, slot)
     rng, step_rng = jax.random.split(state["rng"])
     return emit({**state, "cache": cache, "rng": rng}, logits[:, 0], step_rng)
@@ -220,7 +299,8 @@ def generate(config: ModelConfig, params, prompts: Sequence[Sequence[int]], *,
              stop_ids: Sequence[int] | None = None, pad_id: int = 0,
              max_total_len: int | None = None, mesh=None,
              rules=sharding.DEFAULT_RULES,
-             on_tokens: Callable | None = None) -> SampleOutput:
+             on_tokens: Callable | None = None,
+             cpu_kernels: bool | None = None) -> SampleOutput:
   """Samples completions for a batch of prompts.
 
   Args:
@@ -240,6 +320,9 @@ def generate(config: ModelConfig, params, prompts: Sequence[Sequence[int]], *,
     rules: logical-axis rules for the mesh.
     on_tokens: host callback `(step, tokens [B], done [B])` per decoded
       step, for streaming.
+    cpu_kernels: decode with the packed-weight CPU kernel
+      (`hmx_jax.kernels.cpu`). The default uses it when the params are
+      float32 on CPU, unsharded, and the kernel builds.
 
   Returns:
     A `SampleOutput`.
@@ -263,11 +346,18 @@ def generate(config: ModelConfig, params, prompts: Sequence[Sequence[int]], *,
       raise UserError(
           f"prompt {i} has {len(p)} tokens; with max_new_tokens="
           f"{s.max_new_tokens} it exceeds the cache of {limit} tokens")
-  length = min(bucket_length(max(len(p) for p in prompts)),
+  # Prefill runs every padded slot, so prompts get the finer buckets.
+  length = min(bucket_length(max(len(p) for p in prompts), half_steps=True),
                limit - s.max_new_tokens)
   prompt_BP, prompt_mask_BP = pad_prompts(prompts, length, pad_id)
   rng = jax.random.key(seed)
-  args = (config, s, _Stream(on_tokens), params)
+  if cpu_kernels is None:
+    cpu_kernels = _use_cpu_kernels(config, params, mesh)
+  elif cpu_kernels and not kernels_cpu.available():
+    raise UserError("cpu_kernels=True but the CPU decode kernels could not "
+                    "be built (see the warning above)")
+  kernels = pack_for_cpu(config, params) if cpu_kernels else None
+  args = (config, s, _Stream(on_tokens), params, kernels)
   if mesh is None:
     out = _sample(*args, prompt_BP, prompt_mask_BP, rng)
   else:

@@ -10,6 +10,7 @@ import pytest
 
 from hmx_jax import sampling
 from hmx_jax.errors import UserError
+from hmx_jax.kernels import cpu as kernels_cpu
 from hmx_jax.models import decoder
 
 from helpers import FAMILIES, tiny_config, tiny_params
@@ -22,14 +23,18 @@ def mixed_prompts(vocab, seed=0):
   return [rng.integers(3, vocab, n).tolist() for n in PROMPT_LENGTHS]
 
 
+@pytest.mark.parametrize("cpu_kernels", [False, True],
+                         ids=["xla", "cpu_kernels"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_greedy_equals_full_forward_argmax(family):
+def test_greedy_equals_full_forward_argmax(family, cpu_kernels):
+  if cpu_kernels and not kernels_cpu.available():
+    pytest.skip("the CPU decode kernels could not be built here")
   config = tiny_config(family)
   params = tiny_params(config)
   prompts = mixed_prompts(config.vocab_size)
   steps = 12  # Past Gemma 2's 5-token window.
   out = sampling.generate(config, params, prompts, max_new_tokens=steps,
-                          stop_ids=[])
+                          stop_ids=[], cpu_kernels=cpu_kernels)
   assert out.tokens.shape == (len(prompts), steps)
   assert out.finish_reasons == ["length"] * len(prompts)
   for i, prompt in enumerate(prompts):

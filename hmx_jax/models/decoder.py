@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from hmx_jax import sharding
+from hmx_jax.kernels import cpu as cpu_kernels
 from hmx_jax.models.config import ModelConfig
 
 # A window larger than any context: the value used for global layers.
@@ -91,12 +92,83 @@ def _param(module, name, shape, logical, config, init=None):
   return value.astype(_dtype(config.dtype))
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class CpuDecode:
+  """What the CPU decode kernels (`hmx_jax.kernels.cpu`) read.
+
+  Built by `pack_for_decode`; passing it to `Decoder.__call__` routes every
+  weight matmul (and the output projection) through `cpu.matmul`, which
+  reads each layer's panels in place in the stacked array. For one new
+  token per row with a cache, attention runs `cpu.decode_attention` on the
+  stacked cache, also in place.
+
+  Attributes:
+    weights: "attn/qkv" (q, k and v side by side), "attn/o",
+      "mlp/gate_up" (gate and up side by side), "mlp/down" ->
+      [layers, P, K, 32]; "lm_head" -> [1, P, hidden, 32].
+    widths: (name, output columns) pairs: the matrices' unpadded widths.
+    cache: the stacked KV cache of a decoding step (set by the decoder).
+    layer: the layer being run (set by the layer scan through `at_layer`).
+  """
+  weights: dict[str, jax.Array]
+  widths: tuple[tuple[str, int], ...] = dataclasses.field(
+      metadata=dict(static=True))
+  cache: dict[str, jax.Array] | None = None
+  layer: jax.Array | None = None
+
+  def at_layer(self, layer) -> CpuDecode:
+    return dataclasses.replace(self, layer=layer)
+
+  def attend(self, q_BKGD, k_BKD, v_BKD, allowed_BS, scale, softcap):
+    return cpu_kernels.decode_attention(q_BKGD, k_BKD, v_BKD, self.cache,
+                                        self.layer, allowed_BS, scale,
+                                        softcap)
+
+  def matmul(self, name: str, x: jax.Array) -> jax.Array:
+    layer = 0 if name == "lm_head" else self.layer
+    return cpu_kernels.matmul(x, self.weights[name], dict(self.widths)[name],
+                              layer)
+
+
+def can_pack_for_decode(config: ModelConfig) -> bool:
+  """Whether the CPU decode kernel applies: float32 weights and compute."""
+  return config.dtype == "float32" and config.param_dtype == "float32"
+
+
+def pack_for_decode(config: ModelConfig, params) -> CpuDecode:
+  """Packs the weights for `Decoder(..., kernels=...)` (a float32 copy)."""
+  p = as_variables(params)["params"]
+  attn, mlp = p["layers"]["attn"], p["layers"]["mlp"]
+  c = config
+  L, D, H, K, Dh = (c.num_layers, c.hidden_size, c.num_heads,
+                    c.num_kv_heads, c.head_dim)
+  # Matrices that read the same input are concatenated: one call each.
+  matrices = {
+      "attn/qkv": jnp.concatenate([attn["q"].reshape(L, D, H * Dh),
+                                   attn["k"].reshape(L, D, K * Dh),
+                                   attn["v"].reshape(L, D, K * Dh)], axis=-1),
+      "attn/o": attn["o"].reshape(L, H * Dh, D),
+      "mlp/gate_up": jnp.concatenate([mlp["gate"], mlp["up"]], axis=-1),
+      "mlp/down": mlp["down"],
+  }
+  weights = {k: cpu_kernels.pack(w) for k, w in matrices.items()}
+  widths = [(k, w.shape[-1]) for k, w in matrices.items()]
+  if c.tie_embeddings:
+    weights["lm_head"] = cpu_kernels.pack(p["embedding"][None],
+                                          transposed=True)
+  else:
+    weights["lm_head"] = cpu_kernels.pack(p["lm_head"][None])
+  widths.append(("lm_head", c.vocab_size))
+  return CpuDecode(weights=weights, widths=tuple(widths))
+
+
 class Attention(nn.Module):
   config: ModelConfig
 
   @nn.compact
   def __call__(self, x_BTD, positions_BT, mask: AttentionMask, window,
-               past_kv):
+               past_kv, kernels: CpuDecode | None = None):
     """Attends over the past cache (if any) and the T new tokens.
 
     Returns the output [B, T, D] and the new keys and values
@@ -110,9 +182,17 @@ class Attention(nn.Module):
     wk = _param(self, "k", (D, K, Dh), ("embed", "kv_heads", "head_dim"), c)
     wv = _param(self, "v", (D, K, Dh), ("embed", "kv_heads", "head_dim"), c)
     wo = _param(self, "o", (H, Dh, D), ("heads", "head_dim", "embed"), c)
-    q = jnp.einsum("btd,dhk->bthk", x_BTD, wq)
-    k = jnp.einsum("btd,dhk->bthk", x_BTD, wk)
-    v = jnp.einsum("btd,dhk->bthk", x_BTD, wv)
+    B, T = x_BTD.shape[:2]
+    if kernels is None:
+      q = jnp.einsum("btd,dhk->bthk", x_BTD, wq)
+      k = jnp.einsum("btd,dhk->bthk", x_BTD, wk)
+      v = jnp.einsum("btd,dhk->bthk", x_BTD, wv)
+    else:
+      q, k, v = jnp.split(kernels.matmul("attn/qkv", x_BTD),
+                          [H * Dh, (H + K) * Dh], axis=-1)
+      q = q.reshape(B, T, H, Dh)
+      k = k.reshape(B, T, K, Dh)
+      v = v.reshape(B, T, K, Dh)
     if c.qkv_bias:
       zeros = nn.initializers.zeros
       q += _param(self, "q_bias", (H, Dh), ("heads", "head_dim"), c, zeros)
@@ -126,7 +206,6 @@ class Attention(nn.Module):
     k = apply_rope(k, positions_BT, inv_freq)
     q = sharding.constrain(q, ("batch", "seq", "heads", "head_dim"))
 
-    B, T = q.shape[:2]
     G = H // K
     # Cache layout [B, kv_heads, S, Dh] and queries as [B, kv_heads, T*G, Dh]:
     # (batch, kv head) lead in every attention dot, so XLA needs no transposes
@@ -154,6 +233,13 @@ class Attention(nn.Module):
       return jax.lax.dot_general(probs, values.astype(probs.dtype),
                                  (((3,), (2,)), batch_dims))
 
+    if kernels is not None and kernels.cache is not None:
+      # One new token per row; the kernel reads this layer of the cache.
+      allowed = mask.past_mask & (mask.past_diff < window)
+      out = kernels.attend(q, k[:, :, 0], v[:, :, 0], allowed[:, 0],
+                          c.attention_scale, c.attn_logit_softcap)
+      return kernels.matmul("attn/o", out.reshape(B, T, H * Dh)), (k, v)
+
     logits = scores(k, mask.self_mask, mask.self_diff)
     if past_kv is not None:
       past = scores(past_kv[0], mask.past_mask, mask.past_diff)
@@ -164,6 +250,8 @@ class Attention(nn.Module):
     if past_kv is not None:
       out += mix(probs[..., :S], past_kv[1])
     out = out.reshape(B, K, T, G, Dh).transpose(0, 2, 1, 3, 4)
+    if kernels is not None:
+      return kernels.matmul("attn/o", out.reshape(B, T, H * Dh)), (k, v)
     out = jnp.einsum("bthk,hkd->btd", out.reshape(B, T, H, Dh), wo)
     return out, (k, v)
 
@@ -172,7 +260,7 @@ class MLP(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BTD):
+  def __call__(self, x_BTD, kernels: CpuDecode | None = None):
     c = self.config
     D, F = c.hidden_size, c.intermediate_size
     gate = _param(self, "gate", (D, F), ("embed", "mlp"), c)
@@ -180,28 +268,37 @@ class MLP(nn.Module):
     down = _param(self, "down", (F, D), ("mlp", "embed"), c)
     act = (jax.nn.silu if c.mlp_activation == "silu"
            else functools.partial(jax.nn.gelu, approximate=True))
+    if kernels is not None:
+      gate, up = jnp.split(kernels.matmul("mlp/gate_up", x_BTD), 2, axis=-1)
+      return kernels.matmul("mlp/down", act(gate) * up)
     h = act(x_BTD @ gate) * (x_BTD @ up)
     h = sharding.constrain(h, ("batch", "seq", "mlp"))
     return h @ down
 
 
 class Block(nn.Module):
-  """One decoder layer: the scan body. Scanned inputs: (window, past k, v)."""
+  """One decoder layer: the scan body.
+
+  Scanned inputs: (window, past k, v, layer index); `kernels` (broadcast)
+  holds every layer's packed weights, read at the layer index.
+  """
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x, layer_inputs, positions_BT, mask):
+  def __call__(self, x, layer_inputs, positions_BT, mask, kernels=None):
     c = self.config
-    window, past_kv = layer_inputs
+    window, past_kv, layer = layer_inputs
+    if kernels is not None:
+      kernels = kernels.at_layer(layer)
     norm = functools.partial(RMSNorm, c.rms_norm_eps, c.norm_offset)
     h = norm(name="input_norm")(x)
     h, new_kv = Attention(c, name="attn")(h, positions_BT, mask, window,
-                                          past_kv)
+                                          past_kv, kernels)
     if c.post_norms:
       h = norm(name="post_attn_norm")(h)
     x = x + h
     h = norm(name="pre_mlp_norm")(x)
-    h = MLP(c, name="mlp")(h)
+    h = MLP(c, name="mlp")(h, kernels)
     if c.post_norms:
       h = norm(name="post_mlp_norm")(h)
     x = x + h
@@ -259,6 +356,8 @@ class Decoder(nn.Module):
   ([layers, B, kv_heads, T, head_dim]) for `update_cache`. With
   `return_hidden`, the final normed hidden states replace the logits so that
   callers can project only the positions they need (`logits_from_hidden`).
+  With `kernels` (`pack_for_decode`), the matmuls, and the attention of a
+  one-token step, run on the CPU decode kernels.
   """
   config: ModelConfig
 
@@ -275,7 +374,7 @@ class Decoder(nn.Module):
         block,
         variable_axes={"params": 0},
         split_rngs={"params": True},
-        in_axes=(0, nn.broadcast, nn.broadcast),
+        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
         length=c.num_layers,
         metadata_params={nn.PARTITION_NAME: "layers"},
     )(c, name="layers")
@@ -287,7 +386,8 @@ class Decoder(nn.Module):
           (c.hidden_size, c.vocab_size), _dtype(c.param_dtype))
 
   def __call__(self, tokens_BT, positions_BT, mask: AttentionMask,
-               cache=None, return_hidden=False):
+               cache=None, return_hidden=False,
+               kernels: CpuDecode | None = None):
     c = self.config
     dtype = _dtype(c.dtype)
     x = jnp.take(self.embedding, tokens_BT, axis=0).astype(dtype)
@@ -297,18 +397,26 @@ class Decoder(nn.Module):
     windows = jnp.asarray([GLOBAL_WINDOW if w is None else w
                            for w in c.layer_windows()], jnp.int32)
     past = None if cache is None else (cache["k"], cache["v"])
-    x, (k, v) = self.layers(x, (windows, past), positions_BT, mask)
+    if kernels is not None and cache is not None and tokens_BT.shape[1] == 1:
+      # Decode attention reads the stacked cache itself: no per-layer slice.
+      kernels = dataclasses.replace(kernels, cache=cache)
+      past = None
+    layer_ids = jnp.arange(c.num_layers, dtype=jnp.int32)
+    x, (k, v) = self.layers(x, (windows, past, layer_ids), positions_BT, mask,
+                            kernels)
     x = self.final_norm(x)
     new_kv = {"k": k, "v": v}
     if return_hidden:
       return x, new_kv
-    return self.logits_from_hidden(x), new_kv
+    return self.logits_from_hidden(x, kernels), new_kv
 
-  def logits_from_hidden(self, x_BTD):
+  def logits_from_hidden(self, x_BTD, kernels: CpuDecode | None = None):
     """Output projection in float32 (with Gemma's final soft-capping)."""
     c = self.config
     dtype = _dtype(c.dtype)
-    if c.tie_embeddings:
+    if kernels is not None:
+      logits = kernels.matmul("lm_head", x_BTD)
+    elif c.tie_embeddings:
       logits = jnp.einsum("btd,vd->btv", x_BTD, self.embedding.astype(dtype),
                           preferred_element_type=jnp.float32)
     else:
