@@ -216,6 +216,9 @@ class Attention(nn.Module):
     v = v.transpose(0, 2, 1, 3)
     batch_dims = ((0, 1), (0, 1))
 
+    def visible(mask_BTS, slot_diff_TS):
+      return mask_BTS & (slot_diff_TS < window)
+
     def scores(keys, allowed_BTS, slot_diff_TS):
       logits = jax.lax.dot_general(q, keys.astype(q.dtype),
                                    (((3,), (3,)), batch_dims),
@@ -224,7 +227,7 @@ class Attention(nn.Module):
       if c.attn_logit_softcap:
         cap = c.attn_logit_softcap
         logits = jnp.tanh(logits / cap) * cap
-      allowed = allowed_BTS & (slot_diff_TS < window)
+      allowed = visible(allowed_BTS, slot_diff_TS)
       logits = logits.reshape(B, K, T, G, -1)
       logits = jnp.where(allowed[:, None, :, None], logits, _MASK_VALUE)
       return logits.reshape(B, K, T * G, -1)
@@ -233,12 +236,18 @@ class Attention(nn.Module):
       return jax.lax.dot_general(probs, values.astype(probs.dtype),
                                  (((3,), (2,)), batch_dims))
 
+    def project(out_BKTGD):
+      out = out_BKTGD.transpose(0, 2, 1, 3, 4)
+      if kernels is not None:
+        return kernels.matmul("attn/o", out.reshape(B, T, H * Dh))
+      return jnp.einsum("bthk,hkd->btd", out.reshape(B, T, H, Dh), wo)
+
     if kernels is not None and kernels.cache is not None:
       # One new token per row; the kernel reads this layer of the cache.
-      allowed = mask.past_mask & (mask.past_diff < window)
+      allowed = visible(mask.past_mask, mask.past_diff)
       out = kernels.attend(q, k[:, :, 0], v[:, :, 0], allowed[:, 0],
-                          c.attention_scale, c.attn_logit_softcap)
-      return kernels.matmul("attn/o", out.reshape(B, T, H * Dh)), (k, v)
+                           c.attention_scale, c.attn_logit_softcap)
+      return project(out[:, :, None]), (k, v)
 
     logits = scores(k, mask.self_mask, mask.self_diff)
     if past_kv is not None:
@@ -249,11 +258,7 @@ class Attention(nn.Module):
     out = mix(probs[..., S:], v)
     if past_kv is not None:
       out += mix(probs[..., :S], past_kv[1])
-    out = out.reshape(B, K, T, G, Dh).transpose(0, 2, 1, 3, 4)
-    if kernels is not None:
-      return kernels.matmul("attn/o", out.reshape(B, T, H * Dh)), (k, v)
-    out = jnp.einsum("bthk,hkd->btd", out.reshape(B, T, H, Dh), wo)
-    return out, (k, v)
+    return project(out.reshape(B, K, T, G, Dh)), (k, v)
 
 
 class MLP(nn.Module):
