@@ -54,8 +54,9 @@ def main():
   from hmx_jax import chat, models, sampling
   from hmx_jax.kernels import cpu as kernels_cpu
   from hmx_jax.models import gguf_io
+  from hmx_jax.models.chat_format import ChatFormat
   config, params, tokenizer = models.load_model(models.EMBEDDED_MODEL)
-  encoded = [chat.encode_chat(tokenizer, [{"role": "user", "content": p}])
+  encoded = [ChatFormat(tokenizer).encode([{"role": "user", "content": p}])
              for p in PROMPTS]
   kernels = False if args.xla_only else None
   pack_s = None

@@ -7,6 +7,7 @@ from typing import TextIO
 import numpy as np
 
 from hmx_jax import sampling
+from hmx_jax.models.chat_format import ChatFormat
 from hmx_jax.models.config import ModelConfig
 
 
@@ -20,13 +21,6 @@ def stop_ids_for(config: ModelConfig, tokenizer) -> list[int]:
     if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
       ids.add(token_id)
   return sorted(ids)
-
-
-def encode_chat(tokenizer, messages) -> list[int]:
-  """Chat-template token ids of `messages`, ready for the assistant turn."""
-  text = tokenizer.apply_chat_template(messages, tokenize=False,
-                                       add_generation_prompt=True)
-  return tokenizer.encode(text, add_special_tokens=False)
 
 
 class _StreamPrinter:
@@ -56,8 +50,9 @@ class ChatSession:
 
   def __init__(self, config, params, tokenizer, *, system=None,
                max_new_tokens=256, temperature=0.0, top_k=0, top_p=1.0,
-               seed=0):
+               seed=0, chat: ChatFormat | None = None):
     self.config, self.params, self.tokenizer = config, params, tokenizer
+    self.chat = chat or ChatFormat(tokenizer)
     self.system = system
     self.sampling = dict(max_new_tokens=max_new_tokens,
                          temperature=temperature, top_k=top_k, top_p=top_p)
@@ -72,7 +67,7 @@ class ChatSession:
   def send(self, text: str, stream: TextIO | None = None) -> str:
     """Adds a user turn, generates the answer (streamed) and returns it."""
     self.messages.append({"role": "user", "content": text})
-    prompt = encode_chat(self.tokenizer, self.messages)
+    prompt = self.chat.encode(self.messages)
     printer = _StreamPrinter(self.tokenizer, stream) if stream else None
     out = sampling.generate(self.config, self.params, [prompt],
                             stop_ids=self.stop_ids, seed=self.seed,

@@ -21,6 +21,7 @@ import numpy as np
 
 from hmx_jax import scoring
 from hmx_jax.errors import UserError
+from hmx_jax.models.chat_format import ChatFormat
 from hmx_jax.models.config import ModelConfig
 from hmx_jax.rubric_text import (SCORE_PREFIX, SCORE_VALUES, get_criterion,
                                  judge_messages, score_token_ids)
@@ -28,13 +29,11 @@ from hmx_jax.rubric_text import (SCORE_PREFIX, SCORE_VALUES, get_criterion,
 DIRECTIONS = ("human_like", "reverse")
 
 
-def judge_prompt_ids(tokenizer, criterion: str, conversation, answer: str
-                     ) -> list[int]:
+def judge_prompt_ids(chat: ChatFormat, criterion: str, conversation,
+                     answer: str) -> list[int]:
   """Token ids of one judge prompt, ending right before the score token."""
   messages = judge_messages(get_criterion(criterion), conversation, answer)
-  text = tokenizer.apply_chat_template(messages, tokenize=False,
-                                       add_generation_prompt=True)
-  return tokenizer.encode(text + SCORE_PREFIX, add_special_tokens=False)
+  return chat.encode(messages, answer_prefix=SCORE_PREFIX)
 
 
 def scores_from_logliks(digit_logliks: np.ndarray
@@ -71,14 +70,15 @@ def score_prompts(config: ModelConfig, params, prompts: Sequence[Sequence[int]],
   return scores_from_logliks(np.stack(logliks))
 
 
-def judge(config: ModelConfig, params, tokenizer, conversations, answers,
+def judge(config: ModelConfig, params, chat: ChatFormat, conversations,
+          answers,
           criteria: Sequence[str], *, micro_batch: int = 16
           ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
   """Scores each answer on each criterion.
 
   Args:
     config, params: the judge model (the policy itself for self-reward).
-    tokenizer: its tokenizer.
+    chat: its tokenizer and chat conventions.
     conversations: per answer, the chat messages the answer replies to.
     answers: the answers' texts.
     criteria: criterion names (see `rubric_text.CRITERIA`).
@@ -91,10 +91,11 @@ def judge(config: ModelConfig, params, tokenizer, conversations, answers,
                      f"{len(answers)} answers")
   for name in criteria:
     get_criterion(name)
+  tokenizer = chat.tokenizer
   ids = score_token_ids(lambda s: tokenizer.encode(s, add_special_tokens=False))
   scores, mass = {}, {}
   for name in criteria:  # One call per criterion: its rubric is shared.
-    prompts = [judge_prompt_ids(tokenizer, name, conv, answer)
+    prompts = [judge_prompt_ids(chat, name, conv, answer)
                for conv, answer in zip(conversations, answers)]
     scores[name], mass[name] = score_prompts(
         config, params, prompts, ids, micro_batch=micro_batch,

@@ -49,8 +49,13 @@ def np_advantages(rewards, num_generations, scale_rewards):
 
 def np_loss_and_grad(logps, old_logps, ref_logps, advantages, mask, *,
                      beta, loss_type, max_completion_length=None,
-                     num_items_in_batch=None):
-  """Returns (loss, d loss / d logps [B, T], metrics)."""
+                     num_items_in_batch=None, token_weights=None):
+  """Returns (loss, d loss / d logps [B, T], metrics).
+
+  `token_weights` multiply the clipped policy term (TRL's importance
+  sampling correction: `per_token_loss * importance_sampling_ratio` before
+  the KL term is added).
+  """
   logps, old_logps, mask = (np.asarray(a, np.float64)
                             for a in (logps, old_logps, mask))
   a = np.asarray(advantages, np.float64)[:, None]
@@ -63,6 +68,9 @@ def np_loss_and_grad(logps, old_logps, ref_logps, advantages, mask, *,
   # exactly on the low/high clipped tokens, and it is flat there; elsewhere
   # both terms equal r A with derivative r A (dr / dlogp = r).
   d_per_token = np.where(is_low | is_high, 0.0, -a * coef_1)
+  if token_weights is not None:
+    w = np.asarray(token_weights, np.float64)
+    per_token_loss, d_per_token = per_token_loss * w, d_per_token * w
   metrics = {}
   if beta != 0.0:
     ref_logps = np.asarray(ref_logps, np.float64)
@@ -96,6 +104,7 @@ def np_loss_and_grad(logps, old_logps, ref_logps, advantages, mask, *,
   metrics["clip_ratio/region_mean"] = masked_mean(is_low | is_high)
   metrics["clip_ratio/low_min"] = np.nanmin(seq_means(is_low))
   metrics["clip_ratio/high_max"] = np.nanmax(seq_means(is_high))
+  metrics["ratio/deviation/max"] = np.max(np.abs(coef_1 - 1)[mask > 0])
   return loss, grad, metrics
 
 
@@ -141,13 +150,13 @@ def make_policy_inputs(seed):
                                              "max_completion_length"))
 def jax_loss_and_grad(logps, old_logps, ref_logps, advantages, mask, *,
                       loss_type, beta, max_completion_length=None,
-                      num_items_in_batch=None):
+                      num_items_in_batch=None, token_weights=None):
   def loss_fn(lp):
     return grpo.policy_loss(
         lp, old_logps, ref_logps, advantages, mask, epsilon=EPSILON,
         epsilon_high=EPSILON_HIGH, beta=beta, loss_type=loss_type,
         max_completion_length=max_completion_length,
-        num_items_in_batch=num_items_in_batch)
+        num_items_in_batch=num_items_in_batch, token_weights=token_weights)
   (loss, metrics), grad = jax.value_and_grad(loss_fn, has_aux=True)(logps)
   return loss, grad, metrics
 
@@ -239,6 +248,48 @@ def test_loss_and_grad_match_numpy(loss_type, scale_rewards, beta):
   assert want_metrics["clip_ratio/low_mean"] > 0
   assert want_metrics["clip_ratio/high_mean"] > 0
   assert np.all(np.asarray(grad)[mask == 0] == 0.0)
+
+
+@pytest.mark.parametrize("beta", (0.0, 0.04))
+def test_token_weights_scale_the_policy_term(beta):
+  rewards = make_rewards(4)
+  logps, old_logps, ref_logps, mask = make_policy_inputs(6)
+  weights = np.random.default_rng(7).uniform(0.5, 2.0, logps.shape)
+  weights = weights.astype(np.float32)
+  advantages = grpo.group_advantages(rewards, NUM_GENERATIONS, "group")
+  loss, grad, _ = jax_loss_and_grad(
+      logps, old_logps, ref_logps if beta else None, advantages, mask,
+      loss_type="dapo", beta=beta, token_weights=weights)
+  want_loss, want_grad, _ = np_loss_and_grad(
+      logps, old_logps, ref_logps,
+      np_advantages(rewards, NUM_GENERATIONS, "group"), mask, beta=beta,
+      loss_type="dapo", token_weights=weights)
+  np.testing.assert_allclose(loss, want_loss, rtol=0, atol=1e-5)
+  np.testing.assert_allclose(grad, want_grad, rtol=0, atol=1e-5)
+
+
+def test_sampler_mismatch_hand_computed():
+  learner_logps = np.log(np.array([[0.5, 0.25, 0.1], [0.2, 0.4, 0.3]]))
+  # Ratios learner / sampler: [[0.5, 4.0, pad], [2.0, 1.25, 0.8]].
+  sampler_logps = np.log(np.array([[1.0, 0.0625, 0.9], [0.1, 0.32, 0.375]]))
+  mask = np.array([[1, 1, 0], [1, 1, 1]], np.float32)
+  weights, metrics = grpo.sampler_mismatch(
+      jnp.asarray(learner_logps, jnp.float32),
+      jnp.asarray(sampler_logps, jnp.float32), mask, cap=3.0)
+  truncated = np.array([0.5, 3.0, 2.0, 1.25, 0.8])  # 4.0 capped at 3.
+  np.testing.assert_allclose(np.asarray(weights)[mask > 0], truncated,
+                             rtol=1e-6)
+  deltas = np.abs(np.log([0.5, 4.0, 2.0, 1.25, 0.8]))
+  want = {
+      "sampling/sampling_logp_difference/mean": deltas.mean(),
+      "sampling/sampling_logp_difference/max": deltas.max(),
+      "sampling/importance_sampling_ratio/min": 0.5,
+      "sampling/importance_sampling_ratio/mean": truncated.mean(),
+      "sampling/importance_sampling_ratio/max": 3.0,
+  }
+  assert set(metrics) == set(want)
+  for key, value in want.items():
+    np.testing.assert_allclose(metrics[key], value, rtol=1e-5, err_msg=key)
 
 
 def test_dr_grpo_uses_max_completion_length():

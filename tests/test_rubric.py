@@ -6,6 +6,7 @@ import pytest
 
 from hmx_jax import models, rubric
 from hmx_jax.errors import UserError
+from hmx_jax.models.chat_format import ChatFormat
 from hmx_jax.rubric_text import SCORE_PREFIX, score_token_ids
 
 CONVERSATIONS = [
@@ -28,7 +29,8 @@ def smollm2():
 def test_judge_scores_equal_a_direct_computation(smollm2):
   config, params, tokenizer = smollm2
   criteria = ["feelings", "coherence"]
-  scores, mass = rubric.judge(config, params, tokenizer, CONVERSATIONS,
+  scores, mass = rubric.judge(config, params, ChatFormat(tokenizer),
+                              CONVERSATIONS,
                               ANSWERS, criteria, micro_batch=4)
   digits = [tokenizer.convert_tokens_to_ids(str(d)) for d in range(1, 6)]
   for name in criteria:

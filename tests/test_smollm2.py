@@ -7,6 +7,7 @@ import pytest
 
 from hmx_jax import chat, models, sampling
 from hmx_jax.models import gguf_io
+from hmx_jax.models.chat_format import ChatFormat
 
 CONVERSATIONS = [
     [{"role": "user", "content": "How do you feel today?"}],
@@ -55,7 +56,7 @@ def test_chat_template_and_ids_match(ours, theirs):
                                          add_generation_prompt=True)
     assert text == hf_tokenizer.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=True)
-    assert chat.encode_chat(tokenizer, messages) == hf_tokenizer.encode(
+    assert ChatFormat(tokenizer).encode(messages) == hf_tokenizer.encode(
         text, add_special_tokens=False)
 
 
@@ -63,7 +64,7 @@ def test_logits_match_transformers(ours, theirs):
   import torch
   config, params, tokenizer = ours
   hf_model, _ = theirs
-  ids = chat.encode_chat(tokenizer, CONVERSATIONS[0])
+  ids = ChatFormat(tokenizer).encode(CONVERSATIONS[0])
   tokens = np.asarray([ids])
   logits = np.asarray(models.forward(config, params, tokens,
                                      np.ones_like(tokens)))
@@ -76,7 +77,7 @@ def test_greedy_generation_matches_transformers(ours, theirs):
   import torch
   config, params, tokenizer = ours
   hf_model, _ = theirs
-  prompts = [chat.encode_chat(tokenizer, m) for m in CONVERSATIONS]
+  prompts = [ChatFormat(tokenizer).encode(m) for m in CONVERSATIONS]
   out = sampling.generate(config, params, prompts, max_new_tokens=48,
                           stop_ids=chat.stop_ids_for(config, tokenizer))
   for i, prompt in enumerate(prompts):
@@ -104,7 +105,7 @@ def test_chat_session_streams_and_keeps_history(ours):
   assert session.messages[1]["content"] == first
   assert session.messages[3]["content"] == second
   # The second prompt holds the first exchange.
-  prompt = chat.encode_chat(tokenizer, session.messages[:3])
+  prompt = ChatFormat(tokenizer).encode(session.messages[:3])
   assert tokenizer.decode(prompt).count(first) == 1
   session.reset()
   assert session.messages == []
@@ -121,7 +122,7 @@ def test_export_with_tokenizer_loads_in_transformers(ours, tmp_path):
   assert hf_tokenizer.apply_chat_template(
       CONVERSATIONS[1], tokenize=False, add_generation_prompt=True) == text
   ids = hf_tokenizer.encode(text, add_special_tokens=False)
-  assert ids == chat.encode_chat(tokenizer, CONVERSATIONS[1])
+  assert ids == ChatFormat(tokenizer).encode(CONVERSATIONS[1])
   model = transformers.AutoModelForCausalLM.from_pretrained(
       str(tmp_path), dtype=torch.float32).eval()
   tokens = np.asarray([ids])

@@ -60,6 +60,13 @@ def test_bad_configs_fail_cleanly_and_write_nothing(tmp_path):
       (["--config.train.prompts_per_step=3",
         "--config.mesh.shape={'data': 2, 'fsdp': 2, 'tensor': 2}"],
        ["not divisible", "data-parallel size 4"]),
+      (["--config.sampling.temperature=0.0"],
+       ["sampling.temperature=0.0", "advantage is 0"]),
+      (["--config.model.compute_dtype=float16"],
+       ["model.compute_dtype='float16'", "float32", "bfloat16"]),
+      (["--config.model.param_dtype=bfloat16"],
+       ["model.param_dtype=bfloat16", "round away",
+        "model.compute_dtype=bfloat16"]),
   ]
   env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
   for overrides, fragments in cases:
@@ -159,8 +166,10 @@ def test_sigterm_saves_the_current_step(tiny_model_dir, tmp_path):
   assert steps == [logged[-1]] and f"saved step {steps[0]}" in stdout
 
 
-def test_synthetic_reward_rises_on_a_tiny_model(tmp_path):
-  """GRPO raises a fraction-of-target-token reward by >= 0.3 in 40 steps."""
+@pytest.mark.parametrize("compute_dtype", ["float32", "bfloat16"])
+def test_synthetic_reward_rises_on_a_tiny_model(tmp_path, compute_dtype):
+  """GRPO raises a fraction-of-target-token reward by >= 0.3 in 40 steps,
+  with float32 master weights and float32 or bfloat16 compute."""
   from helpers import tiny_chat_model_dir
   from hmx_jax import config_lib, train
   directory, vocab = tiny_chat_model_dir(tmp_path / "model")
@@ -175,6 +184,7 @@ def test_synthetic_reward_rises_on_a_tiny_model(tmp_path):
       "--config.train.log_samples_every=0", "--config.train.progress=false",
       "--config.sampling.max_new_tokens=8", "--config.sampling.temperature=1.0",
       "--config.optim.learning_rate=0.03", "--config.optim.warmup_steps=0",
+      f"--config.model.compute_dtype={compute_dtype}",
   ])
   start = time.time()
   train.train(config, str(tmp_path / "run"))
@@ -213,3 +223,31 @@ def test_sharded_training_equals_one_device(tmp_path):
   assert len(losses["one"]) == 3
   np.testing.assert_allclose(losses["mesh"], losses["one"], atol=1e-4, rtol=0)
   assert any(abs(l) > 1e-3 for l in losses["one"])
+
+
+def test_on_policy_ratio_is_exactly_one_in_bfloat16(tiny_model_dir, tmp_path):
+  """Default matmul precision, bf16 compute: one iteration clips nothing
+  although sampler and learner disagree; a second iteration moves the
+  ratio off 1."""
+  common = [f"--config.model.spec={tiny_model_dir}",
+            "--config.model.compute_dtype=bfloat16",
+            "--config.optim.learning_rate=0.01",
+            "--config.optim.warmup_steps=0", "--config.train.num_steps=2"]
+  rows = {}
+  for iterations in (1, 2):
+    workdir = tmp_path / f"iterations_{iterations}"
+    proc = run_train(workdir, *common,
+                     f"--config.grpo.num_iterations={iterations}")
+    assert proc.returncode == 0, proc.stderr
+    rows[iterations] = [json.loads(l) for l in open(workdir / "metrics.jsonl")]
+  for row in rows[1]:
+    for key in ("clip_ratio/low_mean", "clip_ratio/high_mean",
+                "clip_ratio/region_mean", "clip_ratio/low_min",
+                "clip_ratio/high_max", "ratio/deviation/max"):
+      assert row[key] == 0.0, (key, row)
+    assert row["sampling/sampling_logp_difference/mean"] > 0
+    assert row["sampling/sampling_logp_difference/max"] > 0
+    assert row["sampling/importance_sampling_ratio/min"] < 1 < \
+        row["sampling/importance_sampling_ratio/max"]
+  # The logged metrics are the last (second) iteration's.
+  assert all(r["ratio/deviation/max"] > 1e-4 for r in rows[2])

@@ -40,7 +40,7 @@ def generate_answers(model: common.EvalModel, conversations, *,
                      batch_size: int = 8, seed: int = 0) -> list[str]:
   """Answers to chat conversations, in fixed-size batches."""
   stop_ids = chat.stop_ids_for(model.config, model.tokenizer)
-  encoded = [chat.encode_chat(model.tokenizer, m) for m in conversations]
+  encoded = [model.chat.encode(m) for m in conversations]
   answers = []
   with common.progress_bar(len(encoded), "expression: answers") as advance:
     for start in range(0, len(encoded), batch_size):
@@ -81,7 +81,7 @@ def evaluate(model: common.EvalModel, judge: common.EvalModel, *,
                              max_new_tokens=max_new_tokens,
                              temperature=temperature, batch_size=batch_size,
                              seed=seed)
-  scores, mass = rubric.judge(judge.config, judge.params, judge.tokenizer,
+  scores, mass = rubric.judge(judge.config, judge.params, judge.chat,
                               conversations, answers, list(criteria),
                               micro_batch=batch_size)
   expression = [c for c in criteria if get_criterion(c).expression]

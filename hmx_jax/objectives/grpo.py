@@ -221,11 +221,53 @@ def _sequence_extreme(x_BT, mask_BT, reduce):
   return jnp.where(jnp.any(tokens_B > 0), extreme, 0.0)
 
 
+def sampler_mismatch(learner_logps, sampler_logps, completion_mask, *,
+                     cap: float) -> tuple[jax.Array, dict]:
+  """Truncated importance weights of the sampler/learner mismatch (TRL).
+
+  The sampler (KV cache, kernels, a compute-dtype copy) and the training
+  forward give slightly different log-probs of the same tokens. TRL's
+  `vllm_importance_sampling_correction` weights each token's policy loss by
+  min(exp(learner - sampler), cap) and logs the difference.
+
+  Args:
+    learner_logps: [B, T] log-probs under the training forward (constants).
+    sampler_logps: [B, T] the sampler's log-probs of the same tokens.
+    completion_mask: [B, T] 1 for completion tokens.
+    cap: upper truncation of the ratio.
+
+  Returns:
+    (weights [B, T], metrics) with TRL's names over completion tokens:
+    "sampling/sampling_logp_difference/mean" and "/max" of
+    |learner - sampler|, "sampling/importance_sampling_ratio/min", "/mean"
+    and "/max" of the truncated ratio.
+  """
+  is_token = jnp.asarray(completion_mask).astype(bool)
+  mask = is_token.astype(jnp.float32)
+  log_ratio = jnp.where(is_token, learner_logps - sampler_logps, 0.0)
+  weights = jax.lax.stop_gradient(jnp.minimum(jnp.exp(log_ratio), cap))
+  delta = jnp.abs(log_ratio)
+  any_token = jnp.any(is_token)
+  masked_max = lambda x: jnp.where(
+      any_token, jnp.max(jnp.where(is_token, x, -jnp.inf)), 0.0)
+  masked_min = lambda x: jnp.where(
+      any_token, jnp.min(jnp.where(is_token, x, jnp.inf)), 0.0)
+  metrics = {
+      "sampling/sampling_logp_difference/mean": _masked_mean(delta, mask),
+      "sampling/sampling_logp_difference/max": masked_max(delta),
+      "sampling/importance_sampling_ratio/min": masked_min(weights),
+      "sampling/importance_sampling_ratio/mean": _masked_mean(weights, mask),
+      "sampling/importance_sampling_ratio/max": masked_max(weights),
+  }
+  return weights, metrics
+
+
 def policy_loss(logps, old_logps, ref_logps, advantages, completion_mask, *,
                 epsilon: float, epsilon_high: float | None = None,
                 beta: float = 0.0, loss_type: str = "dapo",
                 max_completion_length: int | None = None,
-                num_items_in_batch=None) -> tuple[jax.Array, dict]:
+                num_items_in_batch=None,
+                token_weights=None) -> tuple[jax.Array, dict]:
   """The clipped GRPO surrogate loss (to minimise) and TRL's loss metrics.
 
   Differentiable w.r.t. `logps`; `old_logps` and `ref_logps` are inputs and
@@ -258,6 +300,9 @@ def policy_loss(logps, old_logps, ref_logps, advantages, completion_mask, *,
       None means this batch's count (then "dapo" equals "bnpo"). Passing the
       global count makes the summed micro-batch losses equal the loss of the
       whole batch.
+    token_weights: [B, T] constants multiplying each token's clipped policy
+      term (before the KL term), e.g. `sampler_mismatch`'s truncated
+      importance weights; None for none.
 
   Returns:
     (loss, metrics): loss is a scalar. metrics are scalars, masked means over
@@ -266,7 +311,8 @@ def policy_loss(logps, old_logps, ref_logps, advantages, completion_mask, *,
     "clip_ratio/high_mean" (ratio > 1 + epsilon_high and A > 0),
     "clip_ratio/region_mean" (either), "clip_ratio/low_min" and
     "clip_ratio/high_max" (min / max over sequences of the per-sequence
-    fraction).
+    fraction), and "ratio/deviation/max", the largest |ratio - 1| over
+    completion tokens (0 on policy, num_iterations == 1).
 
   Raises:
     UserError: unknown `loss_type`.
@@ -296,6 +342,9 @@ def policy_loss(logps, old_logps, ref_logps, advantages, completion_mask, *,
   clipped_ratio_BT = jnp.clip(ratio_BT, 1.0 - epsilon, 1.0 + epsilon_high)
   per_token_loss_BT = -jnp.minimum(ratio_BT * advantages_B1,
                                    clipped_ratio_BT * advantages_B1)
+  if token_weights is not None:
+    per_token_loss_BT = per_token_loss_BT * jax.lax.stop_gradient(
+        jnp.asarray(token_weights, dtype))
 
   metrics = {}
   if apply_kl:
@@ -321,4 +370,6 @@ def policy_loss(logps, old_logps, ref_logps, advantages, completion_mask, *,
   metrics["clip_ratio/low_min"] = _sequence_extreme(is_low_BT, mask_BT, jnp.min)
   metrics["clip_ratio/high_max"] = _sequence_extreme(is_high_BT, mask_BT,
                                                      jnp.max)
+  metrics["ratio/deviation/max"] = jax.lax.stop_gradient(
+      jnp.max(jnp.abs(ratio_BT - 1.0) * mask_BT, initial=0.0))
   return loss, metrics

@@ -1,0 +1,108 @@
+"""The settings every model config shares, and the presets that shrink them.
+
+`configs/<model>.py` files start from `get_config(spec)` and change what is
+particular to their model; the `smoke` and `cpu` presets are the same for
+every model:
+
+  c = base_config.get_config("qwen3-0.6b")
+  if arg == "smoke":
+    base_config.smoke(c, "tiny-qwen3")
+"""
+
+import ml_collections
+
+
+def get_config(spec: str) -> ml_collections.ConfigDict:
+  """The full-size defaults for the model `spec` (see `models.load_model`)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.model = dict(
+      spec=spec,
+      # Master weights and optimizer state; bfloat16 is refused for training
+      # (Adam steps of ~1e-5 round away at its spacing).
+      param_dtype="float32",
+      # Activations and matmuls of the update, and the rollout / reference /
+      # judge copy of the weights (cast once per step). Softmax, log-probs,
+      # losses and norms are float32 either way.
+      compute_dtype="float32",
+      random_init=False,
+      # How conversations are rendered with the checkpoint's chat template
+      # (`models.chat_format`): Qwen3's thinking block, Llama 3's date.
+      chat=dict(enable_thinking=False, date_string="26 Jul 2024"))
+  c.mesh = dict(shape={})  # e.g. {"data": 2, "fsdp": 2, "tensor": 2}
+  c.data = dict(train_prompts="train", heldout_prompts="heldout")
+  c.sampling = dict(max_new_tokens=48, temperature=1.0, top_k=0, top_p=1.0)
+  c.reward = dict(
+      kind="rubric",  # or target_token (synthetic, for tests)
+      target_token=0,
+      criteria=("feelings", "intentions", "self_awareness", "coherence"),
+      weights={"feelings": 1.0, "intentions": 1.0, "self_awareness": 1.0,
+               "coherence": 1.0},
+      direction="human_like",  # reverse: the contrast model
+      judge="self",  # self (the paper's self-reward), initial, or a model spec
+      micro_batch=16)
+  c.grpo = dict(num_generations=4, beta=0.04, epsilon=0.2, epsilon_high=0.28,
+                loss_type="dapo", scale_rewards="group", num_iterations=1,
+                mask_truncated_completions=False,
+                # Truncated importance sampling of the sampler/learner
+                # mismatch (TRL's vllm_importance_sampling_correction).
+                sampler_is_correction=False, sampler_is_cap=2.0)
+  c.optim = dict(learning_rate=2e-6, warmup_steps=2, final_lr_fraction=0.1,
+                 b1=0.9, b2=0.99, weight_decay=0.0, max_grad_norm=1.0)
+  c.train = dict(num_steps=20, prompts_per_step=4,
+                 gradient_accumulation_steps=1, checkpoint_every=5,
+                 keep_checkpoints=3, log_samples_every=5, progress=True,
+                 # Log-probs and entropy are computed over this many
+                 # completion positions at a time (bounds [B, chunk, V]).
+                 logps_chunk=64)
+  c.eval = dict(
+      data_dir="",  # "": $HMX_DATA_DIR, else ../shared/data beside the repo
+      evals=("truthfulqa", "bbq", "sycophancy", "expression"),
+      batch_size=8, n_resamples=1000, seed=0,
+      # limit: the first N items (0: all); bbq's is per category.
+      truthfulqa=dict(limit=0),
+      bbq=dict(limit=0, categories=()),
+      sycophancy=dict(limit=0, opinion_limit=0),
+      expression=dict(limit=0, prompts="heldout", max_new_tokens=64,
+                      temperature=0.0, judge="base",
+                      criteria=("feelings", "intentions", "self_awareness",
+                                "coherence")))
+  return c
+
+
+def smoke(c: ml_collections.ConfigDict, spec: str | None = None) -> None:
+  """Shrinks `c` to two GRPO steps and a few items per evaluation (in place).
+
+  Args:
+    spec: the model to use instead (a tiny random model of the family, e.g.
+      `tiny-qwen3`), or None to keep `c.model.spec`.
+  """
+  if spec is not None:
+    c.model.spec = spec
+  c.sampling.max_new_tokens = 12
+  c.reward.criteria = ("feelings", "coherence")
+  c.reward.weights = {"feelings": 1.0, "coherence": 1.0}
+  c.grpo.num_generations = 2
+  c.train.num_steps = 2
+  c.train.prompts_per_step = 2
+  c.train.checkpoint_every = 1
+  c.train.log_samples_every = 1
+  c.eval.truthfulqa.limit = 4
+  c.eval.bbq.limit = 2
+  c.eval.sycophancy.limit = 4
+  c.eval.sycophancy.opinion_limit = 4
+  c.eval.expression.limit = 4
+  c.eval.expression.max_new_tokens = 16
+  c.eval.n_resamples = 200
+
+
+def cpu(c: ml_collections.ConfigDict) -> None:
+  """A real small run on a 2-core CPU (in place)."""
+  c.sampling.max_new_tokens = 32
+  c.train.prompts_per_step = 2
+  c.optim.learning_rate = 2e-5
+  c.eval.truthfulqa.limit = 100
+  c.eval.bbq.limit = 12
+  c.eval.sycophancy.limit = 24
+  c.eval.sycophancy.opinion_limit = 48
+  c.eval.expression.limit = 40
