@@ -16,6 +16,9 @@ def get_config(spec: str) -> ml_collections.ConfigDict:
   """The full-size defaults for the model `spec` (see `models.load_model`)."""
   c = ml_collections.ConfigDict()
   c.seed = 0
+  # grpo, or contrastive (preference pairs: the best and worst answer of
+  # each self-judged group, or data.pairs).
+  c.objective = "grpo"
   c.model = dict(
       spec=spec,
       # Master weights and optimizer state; bfloat16 is refused for training
@@ -30,7 +33,9 @@ def get_config(spec: str) -> ml_collections.ConfigDict:
       # (`models.chat_format`): Qwen3's thinking block, Llama 3's date.
       chat=dict(enable_thinking=False, date_string="26 Jul 2024"))
   c.mesh = dict(shape={})  # e.g. {"data": 2, "fsdp": 2, "tensor": 2}
-  c.data = dict(train_prompts="train", heldout_prompts="heldout")
+  # pairs: a JSONL of (id, messages, chosen, rejected) for offline
+  # contrastive training; "" makes pairs online from the rollouts.
+  c.data = dict(train_prompts="train", heldout_prompts="heldout", pairs="")
   c.sampling = dict(max_new_tokens=48, temperature=1.0, top_k=0, top_p=1.0)
   c.reward = dict(
       kind="rubric",  # or target_token (synthetic, for tests)
@@ -47,6 +52,10 @@ def get_config(spec: str) -> ml_collections.ConfigDict:
                 # Truncated importance sampling of the sampler/learner
                 # mismatch (TRL's vllm_importance_sampling_correction).
                 sampler_is_correction=False, sampler_is_cap=2.0)
+  # TRL's DPO names; min_gap: groups whose best and worst self-judged
+  # rewards differ by less make no pair.
+  c.contrastive = dict(beta=0.1, loss_type="sigmoid", label_smoothing=0.0,
+                       min_gap=0.02)
   c.optim = dict(learning_rate=2e-6, warmup_steps=2, final_lr_fraction=0.1,
                  b1=0.9, b2=0.99, weight_decay=0.0, max_grad_norm=1.0)
   c.train = dict(num_steps=20, prompts_per_step=4,
