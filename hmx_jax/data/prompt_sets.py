@@ -66,30 +66,55 @@ def load_prompts(path_or_name) -> list[PromptRow]:
     path = embedded_path(str(path_or_name))
   else:
     path = pathlib.Path(path_or_name)
+  return load_jsonl(
+      path, _parse_row, kind="prompt file",
+      not_found=f"prompt file not found (or use one of: {', '.join(EMBEDDED)})",
+      empty="prompt set is empty")
+
+
+def load_jsonl(path: pathlib.Path, parse_row, *, kind: str, not_found: str,
+               empty: str) -> list:
+  """Reads a JSONL file of objects with unique "id"s, one row per line.
+
+  Blank lines are skipped. Every error is a one-line `UserError`: about the
+  file, "{path}: {not_found}" / "{path}: cannot read {kind}: ..." /
+  "{path}: {empty}"; about a row, it starts with "{path}:{line}: ".
+
+  Args:
+    path: the JSONL file.
+    parse_row: `(obj, where) -> row` validating one decoded JSON object;
+      `where` is "file:line" for its error messages; the row has an `id`.
+    kind: what the file is, e.g. "prompt file".
+    not_found: the message when the file does not exist.
+    empty: the message when it holds no rows.
+
+  Returns:
+    The rows in file order.
+  """
   try:
     text = path.read_text(encoding="utf-8")
   except FileNotFoundError:
-    raise UserError(f"{path}: prompt file not found (or use one of: "
-                    f"{', '.join(EMBEDDED)})") from None
+    raise UserError(f"{path}: {not_found}") from None
   except (OSError, UnicodeDecodeError) as e:
-    raise UserError(f"{path}: cannot read prompt file: {e}") from None
+    raise UserError(f"{path}: cannot read {kind}: {e}") from None
   rows, seen_ids = [], {}
   for line_no, line in enumerate(text.splitlines(), 1):
     if not line.strip():
       continue  # Blank lines (e.g. a trailing one) are harmless.
-    row = _parse_row(line, f"{path}:{line_no}")
+    where = f"{path}:{line_no}"
+    row = parse_row(_json_object(line, where), where)
     if row.id in seen_ids:
-      raise UserError(f"{path}:{line_no}: duplicate id {row.id!r} "
+      raise UserError(f"{where}: duplicate id {row.id!r} "
                       f"(first at line {seen_ids[row.id]})")
     seen_ids[row.id] = line_no
     rows.append(row)
   if not rows:
-    raise UserError(f"{path}: prompt set is empty")
+    raise UserError(f"{path}: {empty}")
   return rows
 
 
-def _parse_row(line: str, where: str) -> PromptRow:
-  """Parses one JSONL line; `where` is "file:line" for error messages."""
+def _json_object(line: str, where: str) -> dict:
+  """Decodes one JSONL line that must hold a JSON object."""
   try:
     obj = json.loads(line)
   except json.JSONDecodeError as e:
@@ -98,13 +123,38 @@ def _parse_row(line: str, where: str) -> PromptRow:
   if not isinstance(obj, dict):
     raise UserError(f"{where}: expected a JSON object, got "
                     f"{type(obj).__name__}")
-  missing = [k for k in ("id", "category", "messages") if k not in obj]
+  return obj
+
+
+def check_keys(obj: dict, keys, where: str, *, exact: bool = False) -> None:
+  """Raises unless `obj` has every key of `keys` (and, if exact, no other)."""
+  missing = [k for k in keys if k not in obj]
   if missing:
     raise UserError(f"{where}: missing key(s) {', '.join(missing)}")
-  for key in ("id", "category"):
-    if not isinstance(obj[key], str) or not obj[key].strip():
-      raise UserError(f"{where}: {key!r} must be a non-empty string")
-  messages = obj["messages"]
+  extra = [k for k in obj if k not in keys]
+  if exact and extra:
+    raise UserError(f"{where}: unexpected key(s) {', '.join(extra)}; "
+                    f"expected exactly {', '.join(keys)}")
+
+
+def check_string(obj: dict, key: str, where: str) -> str:
+  """`obj[key]`, which must be a string that is not blank."""
+  if not isinstance(obj[key], str) or not obj[key].strip():
+    raise UserError(f"{where}: {key!r} must be a non-empty string")
+  return obj[key]
+
+
+def check_messages(messages, where: str) -> list:
+  """Validates chat messages that a completion is to follow.
+
+  Args:
+    messages: decoded JSON: a non-empty list of {"role", "content"} objects
+      with a role of `ROLES`, non-blank content, the last a user turn.
+    where: "file:line" for error messages.
+
+  Returns:
+    A copy of the messages (a list of new dicts).
+  """
   if not isinstance(messages, list) or not messages:
     raise UserError(f"{where}: 'messages' must be a non-empty list")
   for i, message in enumerate(messages):
@@ -122,5 +172,13 @@ def _parse_row(line: str, where: str) -> PromptRow:
   if messages[-1]["role"] != "user":
     raise UserError(f"{where}: the last message must be a user turn, "
                     f"got {messages[-1]['role']!r}")
+  return [dict(m) for m in messages]
+
+
+def _parse_row(obj: dict, where: str) -> PromptRow:
+  """Validates one decoded prompt row; `where` is "file:line"."""
+  check_keys(obj, ("id", "category", "messages"), where)
+  for key in ("id", "category"):
+    check_string(obj, key, where)
   return PromptRow(id=obj["id"], category=obj["category"],
-                   messages=[dict(m) for m in messages])
+                   messages=check_messages(obj["messages"], where))
