@@ -25,7 +25,7 @@ import optax
 
 from hmx_jax.models import decoder
 from hmx_jax.models.config import ModelConfig
-from hmx_jax.objectives import grpo
+from hmx_jax.objectives import contrastive, grpo
 
 
 def completion_logps(config: ModelConfig, params, tokens_BL, mask_BL,
@@ -144,6 +144,24 @@ def _reduce_micro_metrics(metrics_M):
   return {k: reduce(k, v) for k, v in metrics_M.items()}
 
 
+def _accumulate(loss_fn, params, batch, micro_batches: int):
+  """(mean loss, mean gradients, metrics) of `loss_fn(params, micro)` over
+  the strided micro-batches of `batch`, gradients summed in float32."""
+  def one_micro_batch(grads, micro):
+    (loss, metrics), micro_grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(params, micro)
+    grads = jax.tree.map(lambda g, m: g + m.astype(jnp.float32), grads,
+                         micro_grads)
+    return grads, (loss, metrics)
+
+  zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+  grads, (losses, metrics) = jax.lax.scan(
+      one_micro_batch, zeros, split_micro_batches(batch, micro_batches))
+  grads = jax.tree.map(lambda g, p: (g / micro_batches).astype(p.dtype),
+                       grads, params)
+  return jnp.mean(losses), grads, _reduce_micro_metrics(metrics)
+
+
 def loss_and_grads(config: ModelConfig, settings: LossSettings, params, batch):
   """Mean loss and gradients over the batch's micro-batches.
 
@@ -182,17 +200,7 @@ def loss_and_grads(config: ModelConfig, settings: LossSettings, params, batch):
     metrics["entropy"] = (entropy * cmask).sum() / jnp.maximum(cmask.sum(), 1)
     return loss, metrics
 
-  def one_micro_batch(grads, micro):
-    (loss, metrics), micro_grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(params, micro)
-    return jax.tree.map(jnp.add, grads, micro_grads), (loss, metrics)
-
-  zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-  grads, (losses, metrics) = jax.lax.scan(
-      one_micro_batch, zeros, split_micro_batches(batch, s.micro_batches))
-  grads = jax.tree.map(lambda g, p: (g / s.micro_batches).astype(p.dtype),
-                       grads, params)
-  return jnp.mean(losses), grads, _reduce_micro_metrics(metrics)
+  return _accumulate(loss_fn, params, batch, s.micro_batches)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2), donate_argnums=(3,))
@@ -204,6 +212,64 @@ def update_step(config: ModelConfig, settings: LossSettings, optimizer,
   skipped (the state is then unchanged).
   """
   loss, grads, metrics = loss_and_grads(config, settings, state.params, batch)
+  return _apply_update(optimizer, state, loss, grads, metrics)
+
+
+@dataclasses.dataclass(frozen=True)
+class PreferenceSettings:
+  """Static settings of the contrastive (preference) loss (TRL's DPO names)."""
+  beta: float
+  loss_type: str
+  label_smoothing: float
+  temperature: float
+  prompt_len: int
+  micro_batches: int
+  logps_chunk: int = 64
+
+
+def pair_logps(per_token_BN, completion_mask_BN, loss_type: str):
+  """Per-sequence log-probs of completions: summed over their tokens, or
+  averaged for ipo (as TRL's DPO does)."""
+  total = jnp.sum(per_token_BN * completion_mask_BN, axis=-1)
+  if loss_type == "ipo":
+    return total / jnp.maximum(jnp.sum(completion_mask_BN, axis=-1), 1.0)
+  return total
+
+
+def preference_loss_and_grads(config: ModelConfig, settings: PreferenceSettings,
+                              params, batch):
+  """Mean preference loss and gradients over micro-batches of pairs.
+
+  Args:
+    batch: for each of "chosen" and "rejected": "{side}/tokens",
+      "{side}/mask" [P, L], "{side}/completion_mask" [P, N] and
+      "{side}/ref_logps" [P] (reference sequence log-probs); "weights" [P]
+      (0 for padding pairs).
+
+  Returns:
+    (loss, grads, metrics).
+  """
+  s = settings
+
+  def loss_fn(params, micro):
+    tokens = jnp.concatenate([micro["chosen/tokens"],
+                              micro["rejected/tokens"]])
+    mask = jnp.concatenate([micro["chosen/mask"], micro["rejected/mask"]])
+    cmask = jnp.concatenate([micro["chosen/completion_mask"],
+                             micro["rejected/completion_mask"]])
+    logps, _ = completion_logps(config, params, tokens, mask, s.prompt_len,
+                                s.temperature, s.logps_chunk)
+    chosen, rejected = jnp.split(pair_logps(logps, cmask, s.loss_type), 2)
+    return contrastive.preference_loss(
+        chosen, rejected, micro["chosen/ref_logps"],
+        micro["rejected/ref_logps"], beta=s.beta, loss_type=s.loss_type,
+        label_smoothing=s.label_smoothing, weights=micro["weights"])
+
+  return _accumulate(loss_fn, params, batch, s.micro_batches)
+
+
+def _apply_update(optimizer, state: TrainState, loss, grads, metrics):
+  """The optimizer step, skipped (state unchanged) if non-finite."""
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -212,6 +278,16 @@ def update_step(config: ModelConfig, settings: LossSettings, optimizer,
   new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
   return new, {**metrics, "loss": loss, "grad_norm": grad_norm,
                "finite": finite}
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2), donate_argnums=(3,))
+def preference_update_step(config: ModelConfig, settings: PreferenceSettings,
+                           optimizer, state: TrainState, batch):
+  """One optimizer update on a batch of preference pairs (see
+  `preference_loss_and_grads`), skipped if non-finite."""
+  loss, grads, metrics = preference_loss_and_grads(config, settings,
+                                                   state.params, batch)
+  return _apply_update(optimizer, state, loss, grads, metrics)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 4, 5))

@@ -1,12 +1,17 @@
-"""GRPO training: the loop around rollout -> reward -> learner.
+"""Training: the loop around rollout -> reward -> learner.
 
-One step:
+One GRPO step (`objective=grpo`):
   1. rollout (`hmx_jax.rollout`): `prompts_per_step` prompts, each sampled
      `num_generations` times by the policy's compute-dtype copy;
   2. reward (`hmx_jax.reward`): the rubric judge (the policy itself by
      default) or a synthetic reward, turned into group advantages;
   3. learner (`hmx_jax.learner`): `num_iterations` clipped policy-gradient
      updates of the train state on the batch.
+
+A contrastive step (`objective=contrastive`) makes preference pairs
+instead (`hmx_jax.preference`: the best and worst of each self-judged
+group, or offline pairs from `data.pairs`) and takes one update of the
+preference loss (`objectives/contrastive.py`) against the initial policy.
 
 The loop owns what lies around them: checkpoints (orbax), resume,
 metrics and samples, SIGTERM, and skipped non-finite updates. Everything a
@@ -17,6 +22,7 @@ what an uninterrupted one would have done.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -30,12 +36,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from hmx_jax import (chat as chat_lib, checkpoints, config_lib, learner,
-                     models, reward, rollout, rubric, sharding)
+                     models, preference, reward, rollout, rubric, sharding)
 from hmx_jax.data import load_prompts
+from hmx_jax.data.pairs import load_pairs
 from hmx_jax.errors import UserError
 from hmx_jax.models import decoder
 from hmx_jax.models.chat_format import ChatFormat
-from hmx_jax.objectives import grpo
+from hmx_jax.objectives import contrastive, grpo
 from hmx_jax.rubric_text import get_criterion
 
 log = logging.getLogger(__name__)
@@ -46,6 +53,7 @@ RESUMABLE_KEYS = ("train.checkpoint_every", "train.keep_checkpoints",
                   "train.log_samples_every", "train.progress")
 MAX_NON_FINITE_IN_A_ROW = 3
 COMPUTE_DTYPES = ("float32", "bfloat16")
+OBJECTIVES = ("grpo", "contrastive")
 METRICS_FILE, SAMPLES_FILE = "metrics.jsonl", "samples.jsonl"
 
 
@@ -55,6 +63,18 @@ def validate(c: ml_collections.ConfigDict, prompts, mesh) -> None:
   """Checks a config before anything is written. Raises UserError."""
   del prompts
   m, g = c.model, c.grpo
+  if c.objective not in OBJECTIVES:
+    raise UserError(f"objective={c.objective!r} is not one of {OBJECTIVES}")
+  if c.objective == "contrastive":
+    p = c.contrastive
+    if p.loss_type not in contrastive.LOSS_TYPES:
+      raise UserError(f"contrastive.loss_type={p.loss_type!r} is not one of "
+                      f"{contrastive.LOSS_TYPES}")
+    if p.beta <= 0:
+      raise UserError(f"contrastive.beta={p.beta} must be > 0")
+    if not 0 <= p.label_smoothing < 0.5:
+      raise UserError(f"contrastive.label_smoothing={p.label_smoothing} must "
+                      "be in [0, 0.5)")
   if m.param_dtype == "bfloat16":
     raise UserError(
         "model.param_dtype=bfloat16 cannot train: Adam steps of ~1e-5 on "
@@ -223,60 +243,27 @@ def _compute_copy(config, params, compute_dtype: str):
           learner.cast_params(params, compute_dtype))
 
 
-def _loss_settings(c, prompt_len: int) -> learner.LossSettings:
-  g = c.grpo
-  return learner.LossSettings(
-      epsilon=g.epsilon, epsilon_high=g.epsilon_high, beta=g.beta,
-      loss_type=g.loss_type, temperature=c.sampling.temperature,
-      prompt_len=prompt_len, max_completion_length=c.sampling.max_new_tokens,
-      micro_batches=c.train.gradient_accumulation_steps,
-      logps_chunk=c.train.logps_chunk,
-      sampler_is_correction=bool(g.sampler_is_correction),
-      sampler_is_cap=float(g.sampler_is_cap))
+@dataclasses.dataclass
+class _Run:
+  """What every step of a run uses, built once."""
+  c: ml_collections.ConfigDict
+  mesh: object
+  model_config: object  # The master weights' config (float32).
+  learner_config: object  # The same with the compute dtype.
+  optimizer: object
+  tokenizer: object
+  chat: ChatFormat
+  prompts: list
+  encoded: list  # Token ids of each prompt, ready for the assistant turn.
+  pairs: list | None  # Offline preference pairs (contrastive), or None.
+  rewarder: reward.Rewarder
+  frozen: tuple | None  # (config, params) of the initial policy.
+  stop_ids: list
+  pad_id: int
 
 
-def _scored_batch(c, ro: rollout.Rollout, rewards, mesh):
-  """The learner's batch of a rollout (placed on the mesh)."""
-  g = c.grpo
-  completion_mask = ro.mask.astype(np.float32)
-  if g.mask_truncated_completions:
-    completion_mask = completion_mask * (~ro.truncated)[:, None]
-  advantages = grpo.group_advantages(jnp.asarray(rewards), g.num_generations,
-                                     g.scale_rewards)
-  batch = {**ro.sequences(), "sampler_logps": ro.sampler_logps,
-           "advantages": np.asarray(advantages),
-           "completion_mask": completion_mask}
-  if mesh is not None:
-    batch = jax.device_put(batch, sharding.batch_sharding(mesh))
-  return batch
-
-
-def _learn(c, learner_config, optimizer, state, batch, settings, reference,
-           mesh):
-  """Reference / old log-probs, then `num_iterations` updates.
-
-  Returns (state, metrics of the last update).
-  """
-  P, T, chunk = settings.prompt_len, settings.temperature, settings.logps_chunk
-  with _mesh_context(mesh):
-    if c.grpo.beta:
-      batch["ref_logps"] = learner.sequence_logps(*reference, batch, P, T,
-                                                  chunk)
-    if c.grpo.num_iterations > 1:
-      # One training forward before the updates: the old policy's log-probs.
-      batch["old_logps"] = learner.sequence_logps(
-          learner_config, state.params, batch, P, T, chunk)
-    for _ in range(c.grpo.num_iterations):
-      state, m = learner.update_step(learner_config, settings, optimizer,
-                                     state, batch)
-      m = jax.device_get(m)
-      if not m["finite"]:
-        break
-  return state, m
-
-
-def _load(c, mesh):
-  """(model config, master params, tokenizer, chat format, external judge)."""
+def _setup(c, mesh, prompts):
+  """(run, initial train state): models loaded, optimizer built."""
   model_config, params, tokenizer = models.load_model(
       c.model.spec, dtype=c.model.param_dtype, mesh=mesh)
   if c.model.get("random_init", False):
@@ -290,7 +277,159 @@ def _load(c, mesh):
         c.reward.judge, dtype=c.model.compute_dtype, mesh=mesh)
     external = (judge_config, judge_params,
                 ChatFormat.from_config(judge_tokenizer, c.model.chat))
-  return model_config, params, tokenizer, chat, external
+  # The KL / preference reference and the `initial` judge: the starting
+  # policy in the compute dtype (a copy: master weights are donated).
+  frozen = None
+  if (c.grpo.beta or c.objective == "contrastive"
+      or (c.reward.kind == "rubric" and c.reward.judge == "initial")):
+    frozen_config, frozen_params = _compute_copy(model_config, params,
+                                                 c.model.compute_dtype)
+    if frozen_params is params:
+      frozen_params = jax.tree.map(jnp.copy, params)
+    frozen = (frozen_config, frozen_params)
+  optimizer = learner.make_optimizer(c)
+  pairs = load_pairs(c.data.pairs) if _offline(c) else None
+  run = _Run(
+      c=c, mesh=mesh, model_config=model_config,
+      learner_config=model_config.replace(dtype=c.model.compute_dtype),
+      optimizer=optimizer, tokenizer=tokenizer, chat=chat, prompts=prompts,
+      encoded=[chat.encode(p.messages) for p in prompts], pairs=pairs,
+      rewarder=reward.Rewarder(c, chat, frozen=frozen, external=external),
+      frozen=frozen, stop_ids=chat_lib.stop_ids_for(model_config, tokenizer),
+      pad_id=tokenizer.pad_token_id or 0)
+  return run, learner.TrainState(params, optimizer.init(params))
+
+
+def _offline(c) -> bool:
+  return c.objective == "contrastive" and bool(c.data.pairs)
+
+
+def _place(batch, mesh):
+  return (jax.device_put(batch, sharding.batch_sharding(mesh))
+          if mesh is not None else batch)
+
+
+def _rollout_and_reward(run: _Run, state, step: int):
+  """(rollout, texts, scores, rewards, metrics) of `step`."""
+  c = run.c
+  t0 = time.time()
+  policy = _compute_copy(run.model_config, state.params,
+                         c.model.compute_dtype)
+  indices = rollout.select_prompts(c.seed, step, len(run.prompts),
+                                   c.train.prompts_per_step)
+  ro = rollout.sample(*policy, run.encoded, indices,
+                      num_generations=c.grpo.num_generations,
+                      sampling_config=c.sampling,
+                      seed=c.seed * 1_000_003 + step, stop_ids=run.stop_ids,
+                      pad_id=run.pad_id, mesh=run.mesh)
+  completions = ro.completions()
+  texts = [run.tokenizer.decode(t, skip_special_tokens=True)
+           for t in completions]
+  t1 = time.time()
+  scores, rewards, metrics = run.rewarder(
+      completions, texts,
+      [run.prompts[i].messages for i in ro.prompt_indices], policy)
+  lengths = ro.mask.sum(axis=1)
+  stats = grpo.group_reward_stats(jnp.asarray(rewards),
+                                  c.grpo.num_generations)
+  metrics = {
+      **{k: float(v) for k, v in stats.items()},
+      **{f"rewards/{k}/mean": float(np.mean(v)) for k, v in scores.items()},
+      **metrics,
+      "completions/mean_length": float(lengths.mean()),
+      "completions/clipped_ratio": float(ro.truncated.mean()),
+      "time/rollout": t1 - t0, "time/reward": time.time() - t1,
+      "tokens_per_second": float(lengths.sum() / max(time.time() - t0,
+                                                     1e-9)),
+  }
+  samples = [{"prompt": run.tokenizer.decode(run.encoded[ro.prompt_indices[j]]),
+              "completion": texts[j],
+              "scores": {k: float(v[j]) for k, v in scores.items()}}
+             for j in range(min(len(texts), 4))]
+  return ro, rewards, metrics, samples, policy
+
+
+def _grpo_step(run: _Run, state, step: int):
+  """Rollout, reward, `num_iterations` GRPO updates: (state, metrics,
+  samples)."""
+  c, g = run.c, run.c.grpo
+  ro, rewards, metrics, samples, policy = _rollout_and_reward(run, state,
+                                                              step)
+  t0 = time.time()
+  completion_mask = ro.mask.astype(np.float32)
+  if g.mask_truncated_completions:
+    completion_mask = completion_mask * (~ro.truncated)[:, None]
+  advantages = grpo.group_advantages(jnp.asarray(rewards), g.num_generations,
+                                     g.scale_rewards)
+  batch = _place({**ro.sequences(), "sampler_logps": ro.sampler_logps,
+                  "advantages": np.asarray(advantages),
+                  "completion_mask": completion_mask}, run.mesh)
+  settings = learner.LossSettings(
+      epsilon=g.epsilon, epsilon_high=g.epsilon_high, beta=g.beta,
+      loss_type=g.loss_type, temperature=c.sampling.temperature,
+      prompt_len=ro.prompt_len,
+      max_completion_length=c.sampling.max_new_tokens,
+      micro_batches=c.train.gradient_accumulation_steps,
+      logps_chunk=c.train.logps_chunk,
+      sampler_is_correction=bool(g.sampler_is_correction),
+      sampler_is_cap=float(g.sampler_is_cap))
+  args = (ro.prompt_len, settings.temperature, settings.logps_chunk)
+  with _mesh_context(run.mesh):
+    if g.beta:
+      batch["ref_logps"] = learner.sequence_logps(*(run.frozen or policy),
+                                                  batch, *args)
+    if g.num_iterations > 1:
+      # One training forward before the updates: the old policy's log-probs.
+      batch["old_logps"] = learner.sequence_logps(
+          run.learner_config, state.params, batch, *args)
+    for _ in range(g.num_iterations):
+      state, m = learner.update_step(run.learner_config, settings,
+                                     run.optimizer, state, batch)
+      m = jax.device_get(m)
+      if not m["finite"]:
+        break
+  return state, {**metrics, **m, "time/update": time.time() - t0}, samples
+
+
+def _contrastive_step(run: _Run, state, step: int):
+  """Pairs (self-judged online, or offline), then one preference update:
+  (state, metrics, samples)."""
+  c, p = run.c, run.c.contrastive
+  metrics, samples = {}, []
+  if run.pairs is None:
+    ro, rewards, metrics, samples, _ = _rollout_and_reward(run, state, step)
+    batch, pair_metrics = preference.online_batch(
+        ro, rewards, num_generations=c.grpo.num_generations,
+        min_gap=p.min_gap, mask_truncated=c.grpo.mask_truncated_completions)
+    metrics.update(pair_metrics)
+    prompt_len, temperature = ro.prompt_len, c.sampling.temperature
+  else:
+    indices = rollout.select_prompts(c.seed, step, len(run.pairs),
+                                     c.train.prompts_per_step)
+    batch = preference.offline_batch(run.pairs, indices, run.chat,
+                                     run.stop_ids, run.pad_id)
+    prompt_len = batch["chosen/tokens"].shape[1] - batch[
+        "chosen/completion_mask"].shape[1]
+    temperature = 1.0
+  t0 = time.time()
+  batch = _place(batch, run.mesh)
+  settings = learner.PreferenceSettings(
+      beta=p.beta, loss_type=p.loss_type, label_smoothing=p.label_smoothing,
+      temperature=temperature, prompt_len=prompt_len,
+      micro_batches=c.train.gradient_accumulation_steps,
+      logps_chunk=c.train.logps_chunk)
+  with _mesh_context(run.mesh):
+    for side in preference.SIDES:
+      per_token = learner.sequence_logps(
+          *run.frozen, {"tokens": batch[f"{side}/tokens"],
+                        "mask": batch[f"{side}/mask"]},
+          prompt_len, temperature, settings.logps_chunk)
+      batch[f"{side}/ref_logps"] = learner.pair_logps(
+          per_token, batch[f"{side}/completion_mask"], p.loss_type)
+    state, m = learner.preference_update_step(
+        run.learner_config, settings, run.optimizer, state, batch)
+    m = jax.device_get(m)
+  return state, {**metrics, **m, "time/update": time.time() - t0}, samples
 
 
 def _save(manager, step: int, state: learner.TrainState) -> None:
@@ -309,7 +448,7 @@ def _restore(manager, state: learner.TrainState) -> learner.TrainState:
 
 
 def train(c: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs (or resumes) GRPO training.
+  """Runs (or resumes) training with `c.objective` (grpo or contrastive).
 
   Returns:
     The last step's metrics row, with "preempted": True when SIGTERM
@@ -318,24 +457,11 @@ def train(c: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh = sharding.make_mesh(dict(c.mesh.shape)) if c.mesh.shape else None
   prompts = load_prompts(c.data.train_prompts)
   validate(c, prompts, mesh)
+  if _offline(c):
+    load_pairs(c.data.pairs)  # Bad pairs fail before anything is written.
   check_resume(workdir, c)
-
-  model_config, params, tokenizer, chat, external = _load(c, mesh)
-  learner_config = model_config.replace(dtype=c.model.compute_dtype)
-  optimizer = learner.make_optimizer(c)
-  state = learner.TrainState(params, optimizer.init(params))
-  # The KL reference and the `initial` judge: the starting policy, kept in
-  # the compute dtype (a copy: the master weights are donated each update).
-  needs_frozen = c.grpo.beta or (c.reward.kind == "rubric"
-                                 and c.reward.judge == "initial")
-  frozen = None
-  if needs_frozen:
-    frozen_config, frozen_params = _compute_copy(model_config, params,
-                                                 c.model.compute_dtype)
-    if frozen_params is params:
-      frozen_params = jax.tree.map(jnp.copy, params)
-    frozen = (frozen_config, frozen_params)
-  rewarder = reward.Rewarder(c, chat, frozen=frozen, external=external)
+  run, state = _setup(c, mesh, prompts)
+  step_fn = _grpo_step if c.objective == "grpo" else _contrastive_step
 
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -348,46 +474,23 @@ def train(c: ml_collections.ConfigDict, workdir: str) -> dict:
     state = _restore(manager, state)
     print(f"resumed from step {start}", flush=True)
 
-  g = c.grpo
-  stop_ids = chat_lib.stop_ids_for(model_config, tokenizer)
-  pad_id = tokenizer.pad_token_id or 0
-  encoded = [chat.encode(p.messages) for p in prompts]
   schedule = learner.learning_rate_schedule(c)
+  iterations = c.grpo.num_iterations if c.objective == "grpo" else 1
   run_log = _RunLog(workdir, start)
   non_finite_in_a_row, last_finite_step = 0, start
   last = {}
   progress = None
   if c.train.progress:
     from tqdm import tqdm
-    progress = tqdm(total=c.train.num_steps, initial=start, desc="train")
+    progress = tqdm(total=c.train.num_steps, initial=start,
+                    desc=f"train ({c.objective})")
 
   with _Preemption() as preemption:
     for step in range(start, c.train.num_steps):
       t0 = time.time()
-      policy = _compute_copy(model_config, state.params, c.model.compute_dtype)
-      indices = rollout.select_prompts(c.seed, step, len(prompts),
-                                       c.train.prompts_per_step)
-      ro = rollout.sample(*policy, encoded, indices,
-                          num_generations=g.num_generations,
-                          sampling_config=c.sampling,
-                          seed=c.seed * 1_000_003 + step, stop_ids=stop_ids,
-                          pad_id=pad_id, mesh=mesh)
-      completions = ro.completions()
-      texts = [tokenizer.decode(t, skip_special_tokens=True)
-               for t in completions]
-      t_rollout = time.time()
-
-      scores, rewards, reward_metrics = rewarder(
-          completions, texts, [prompts[i].messages for i in ro.prompt_indices],
-          policy)
-      t_reward = time.time()
-
-      batch = _scored_batch(c, ro, rewards, mesh)
-      reference = frozen or policy
-      state, m = _learn(c, learner_config, optimizer, state, batch,
-                        _loss_settings(c, ro.prompt_len), reference, mesh)
-      del policy  # Its arrays are the donated master weights in float32.
-      if m["finite"]:
+      state, metrics, samples = step_fn(run, state, step)
+      finite = bool(metrics.pop("finite"))
+      if finite:
         non_finite_in_a_row, last_finite_step = 0, step + 1
       else:
         non_finite_in_a_row += 1
@@ -398,47 +501,29 @@ def train(c: ml_collections.ConfigDict, workdir: str) -> dict:
               f"{non_finite_in_a_row} non-finite steps in a row at step "
               f"{step + 1}; stopping (last checkpoint: "
               f"{manager.latest_step()})")
-
-      elapsed = time.time() - t0
-      lengths = ro.mask.sum(axis=1)
-      stats = grpo.group_reward_stats(jnp.asarray(rewards), g.num_generations)
-      row = {
-          "step": step + 1,
-          **{k: float(v) for k, v in stats.items()},
-          **{f"rewards/{k}/mean": float(np.mean(v)) for k, v in scores.items()},
-          **reward_metrics,
-          "completions/mean_length": float(lengths.mean()),
-          "completions/clipped_ratio": float(ro.truncated.mean()),
-          "learning_rate": float(schedule(step * g.num_iterations)),
-          "step_time": elapsed,
-          "time/rollout": t_rollout - t0,
-          "time/reward": t_reward - t_rollout,
-          "time/update": time.time() - t_reward,
-          "tokens_per_second": float(lengths.sum() / elapsed),
-          "non_finite_skipped": int(not m["finite"]),
-          **{k: float(v) for k, v in m.items() if k != "finite"},
-      }
+      row = {"step": step + 1,
+             **{k: float(v) for k, v in metrics.items()},
+             "learning_rate": float(schedule(step * iterations)),
+             "step_time": time.time() - t0,
+             "non_finite_skipped": int(not finite)}
       run_log.row(row)
-      if c.train.log_samples_every and (step + 1) % c.train.log_samples_every == 0:
-        for j in range(min(len(completions), 4)):
-          run_log.sample({
-              "step": step + 1,
-              "prompt": tokenizer.decode(encoded[ro.prompt_indices[j]]),
-              "completion": texts[j],
-              "scores": {k: float(v[j]) for k, v in scores.items()}})
+      every = c.train.log_samples_every
+      if every and (step + 1) % every == 0:
+        for sample in samples:
+          run_log.sample({"step": step + 1, **sample})
       if progress is not None:
-        progress.set_postfix(reward=f"{row['reward']:.3f}",
-                             kl=f"{row.get('kl', 0.0):.4f}")
+        shown = {k: f"{row[k]:.3f}" for k in ("reward", "loss") if k in row}
+        progress.set_postfix(**shown)
         progress.update(1)
       last = row
 
       done = step + 1 == c.train.num_steps
       # A skipped update leaves the state as it was, so a checkpoint after
       # it holds the last finite update's params.
-      if (step + 1) % c.train.checkpoint_every == 0 or done or \
-          preemption.requested:
+      if ((step + 1) % c.train.checkpoint_every == 0 or done
+          or preemption.requested):
         _save(manager, step + 1, state)
-      if done and not m["finite"]:
+      if done and not finite:
         print(f"step {step + 1} was non-finite and skipped: checkpoint "
               f"{step + 1} holds the params of step {last_finite_step}",
               flush=True)
