@@ -37,8 +37,7 @@ import orbax.checkpoint as ocp
 
 from hmx_jax import (chat as chat_lib, checkpoints, config_lib, learner,
                      models, preference, reward, rollout, rubric, sharding)
-from hmx_jax.data import load_prompts
-from hmx_jax.data.pairs import load_pairs
+from hmx_jax.data import load_pairs, load_prompts
 from hmx_jax.errors import UserError
 from hmx_jax.models import decoder
 from hmx_jax.models.chat_format import ChatFormat
