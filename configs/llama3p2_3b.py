@@ -35,17 +35,11 @@ from hmx_jax import base_config
 
 
 def get_config(arg=None):
-  c = base_config.get_config("llama-3.2-3b-instruct")
-  c.model.compute_dtype = "bfloat16"
-  c.sampling.max_new_tokens = 256
-  c.eval.expression.max_new_tokens = 256
+  c = base_config.paper_model("llama-3.2-3b-instruct")
   if arg == "smoke":
     base_config.smoke(c, "tiny-llama3")
   # TPU presets go here, one `elif arg == "v5p-64":` branch each (mesh
-  # shape, batch sizes); they come with the pod-scale work.
-  elif arg and arg.startswith(("v4", "v5", "v6")):
-    raise ValueError(f"TPU preset {arg!r} is not written yet: use smoke, or "
-                     "the default with --config.mesh.shape")
-  elif arg not in (None, ""):
-    raise ValueError(f"unknown preset {arg!r}: use smoke")
+  # shape, batch sizes, remat); they come with the pod-scale work.
+  elif arg:
+    raise base_config.unknown_preset(arg, ("smoke",))
   return c

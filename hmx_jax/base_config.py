@@ -79,6 +79,25 @@ def get_config(spec: str) -> ml_collections.ConfigDict:
   return c
 
 
+def paper_model(spec: str) -> ml_collections.ConfigDict:
+  """The full-size defaults of one of the paper's models: float32 master
+  weights, bfloat16 compute, answers of up to 256 tokens."""
+  c = get_config(spec)
+  c.model.compute_dtype = "bfloat16"
+  c.sampling.max_new_tokens = 256
+  c.eval.expression.max_new_tokens = 256
+  return c
+
+
+def unknown_preset(arg: str, presets: tuple[str, ...]) -> ValueError:
+  """The error of a config file's `get_config(arg)` for an unknown `arg`."""
+  if arg.startswith(("v4", "v5", "v6")):
+    return ValueError(f"TPU preset {arg!r} is not written yet: use "
+                      f"{' or '.join(presets)}, or the default with "
+                      "--config.mesh.shape")
+  return ValueError(f"unknown preset {arg!r}: use {' or '.join(presets)}")
+
+
 def smoke(c: ml_collections.ConfigDict, spec: str | None = None) -> None:
   """Shrinks `c` to two GRPO steps and a few items per evaluation (in place).
 
