@@ -35,15 +35,17 @@ def online_batch(ro: rollout.Rollout, rewards, *, num_generations: int,
                  min_gap: float, mask_truncated: bool = False
                  ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
   """(pairs batch without reference log-probs, metrics) from a rollout."""
+  rewards = np.asarray(rewards)
   chosen, rejected, skipped = contrastive.select_pairs(
-      np.asarray(rewards), num_generations, min_gap)
-  groups = len(rewards) // num_generations
+      rewards, num_generations, min_gap)
+  kept, groups = len(chosen), len(rewards) // num_generations
+  gaps = rewards[chosen] - rewards[rejected]
   weights = np.zeros(groups, np.float32)
-  weights[:len(chosen)] = 1.0
-  pad = groups - len(chosen)
-  chosen = np.concatenate([chosen, np.zeros(pad, np.int64)]).astype(np.int64)
-  rejected = np.concatenate([rejected,
-                             np.zeros(pad, np.int64)]).astype(np.int64)
+  weights[:kept] = 1.0
+  # Padding slots repeat row 0 with weight 0.
+  pad = np.zeros(groups - kept, np.int64)
+  chosen = np.concatenate([chosen, pad]).astype(np.int64)
+  rejected = np.concatenate([rejected, pad]).astype(np.int64)
   completion_mask = ro.mask.astype(np.float32)
   if mask_truncated:
     completion_mask = completion_mask * (~ro.truncated)[:, None]
@@ -51,11 +53,8 @@ def online_batch(ro: rollout.Rollout, rewards, *, num_generations: int,
   batch = _sides(seq["tokens"], seq["mask"], completion_mask, chosen,
                  rejected)
   batch["weights"] = weights
-  rewards = np.asarray(rewards)
-  gaps = rewards[chosen[:len(weights) - pad]] - rewards[
-      rejected[:len(weights) - pad]]
   return batch, {"pairs/skipped_ratio": float(skipped),
-                 "pairs/reward_gap": float(gaps.mean()) if len(gaps) else 0.0}
+                 "pairs/reward_gap": float(gaps.mean()) if kept else 0.0}
 
 
 def _completion_ids(chat: ChatFormat, messages, answer: str, stop_ids):

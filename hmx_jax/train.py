@@ -401,15 +401,16 @@ def _contrastive_step(run: _Run, state, step: int):
         ro, rewards, num_generations=c.grpo.num_generations,
         min_gap=p.min_gap, mask_truncated=c.grpo.mask_truncated_completions)
     metrics.update(pair_metrics)
-    prompt_len, temperature = ro.prompt_len, c.sampling.temperature
   else:
     indices = rollout.select_prompts(c.seed, step, len(run.pairs),
                                      c.train.prompts_per_step)
     batch = preference.offline_batch(run.pairs, indices, run.chat,
                                      run.stop_ids, run.pad_id)
-    prompt_len = batch["chosen/tokens"].shape[1] - batch[
-        "chosen/completion_mask"].shape[1]
-    temperature = 1.0
+  prompt_len = (batch["chosen/tokens"].shape[1]
+                - batch["chosen/completion_mask"].shape[1])
+  # The preference loss compares the policies themselves, whatever
+  # temperature the pairs were sampled at.
+  temperature = 1.0
   t0 = time.time()
   batch = _place(batch, run.mesh)
   settings = learner.PreferenceSettings(

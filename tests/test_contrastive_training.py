@@ -133,3 +133,28 @@ def test_contrastive_resume_equals_uninterrupted(tiny, tmp_path):
   diffs = jax.tree.leaves(jax.tree.map(
       lambda x, y: float(np.max(np.abs(np.asarray(x) - np.asarray(y)))), a, b))
   assert max(diffs) <= 1e-6
+
+
+def test_online_pairs_from_groups():
+  from hmx_jax import preference, rollout
+  B, P, N = 6, 3, 4
+  tokens = np.arange(B * N).reshape(B, N)
+  ro = rollout.Rollout(
+      prompt_indices=np.repeat(np.arange(3), 2),
+      prompt_tokens=np.full((B, P), 7), prompt_mask=np.ones((B, P), np.int32),
+      tokens=tokens, mask=np.ones((B, N), np.int32),
+      sampler_logps=np.zeros((B, N)),
+      truncated=np.array([False, True, False, False, False, False]))
+  rewards = np.array([0.1, 0.5, 0.3, 0.3, 0.9, 0.2], np.float32)
+  batch, metrics = preference.online_batch(ro, rewards, num_generations=2,
+                                           min_gap=0.05, mask_truncated=True)
+  # Group 0: row 1 over row 0; group 1 has no preference; group 2: 4 over 5.
+  np.testing.assert_array_equal(batch["weights"], [1, 1, 0])
+  np.testing.assert_array_equal(batch["chosen/tokens"][:2, P:], tokens[[1, 4]])
+  np.testing.assert_array_equal(batch["rejected/tokens"][:2, P:],
+                                tokens[[0, 5]])
+  # Row 1 was cut by max_new_tokens: masked out of the loss.
+  np.testing.assert_array_equal(batch["chosen/completion_mask"][0], 0)
+  assert batch["chosen/tokens"].shape == (3, P + N)
+  assert metrics["pairs/skipped_ratio"] == pytest.approx(1 / 3)
+  assert metrics["pairs/reward_gap"] == pytest.approx(0.55)
