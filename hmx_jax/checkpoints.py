@@ -78,6 +78,18 @@ def read_run_config(workdir: str) -> dict:
     return json.load(f)
 
 
+def run_spec(workdir: str) -> str:
+  """The `model.spec` a training workdir's checkpoints were trained from.
+
+  Raises:
+    UserError: no config.json, or it names no model.spec.
+  """
+  spec = read_run_config(workdir).get("model", {}).get("spec")
+  if not spec:
+    raise UserError(f"{os.path.join(workdir, 'config.json')}: no model.spec")
+  return spec
+
+
 def load_for_inference(workdir: str, step: int | None, dtype: str = "float32"):
   """(config, params, tokenizer) of a training checkpoint.
 
@@ -87,10 +99,7 @@ def load_for_inference(workdir: str, step: int | None, dtype: str = "float32"):
   from hmx_jax import models
   if not os.path.isdir(workdir):
     raise UserError(f"{workdir}: workdir not found")
-  run_config = read_run_config(workdir)
-  spec = run_config.get("model", {}).get("spec")
-  if not spec:
-    raise UserError(f"{workdir}/config.json: no model.spec")
+  spec = run_spec(workdir)
   step = resolve_step(workdir, step)  # Before the (slow) model load.
   config, params, tokenizer = models.load_model(spec, dtype=dtype)
   abstract = jax.tree.map(

@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
   ev.add_argument("--config", required=True,
                   help="configs/<model>.py:<preset>")
   ev.add_argument("--workdir", required=True,
-                  help="a training workdir (its checkpoints are evaluated)")
+                  help="a training workdir: its checkpoints are evaluated, "
+                  "with the model.spec of its config.json")
   which = ev.add_mutually_exclusive_group()
   which.add_argument("--step", type=int, default=None,
                      help="checkpoint step (default: latest)")
@@ -113,22 +114,40 @@ def run_eval(args) -> int:
   suite.validate(c)
   suite.check_data(c)
   common.set_progress(bool(c.train.progress))
+  spec = _workdir_spec(args.workdir, c, required=not args.base)
+  step = None
   if not args.base:  # Checked before the (slow) model load.
     step = checkpoints.resolve_step(args.workdir, args.step)
-  base, judge = suite.load_base_and_judge(c)
+  base, judge = suite.load_base_and_judge(c, spec)
   if args.base:
-    model, name, description = base, "base", f"base ({c.model.spec})"
+    model, name, description = base, "base", f"base ({spec})"
   else:
     name = f"step_{step}"
     model = suite.from_checkpoint(base, args.workdir, step, name)
     description = f"{args.workdir} step {step}"
   out = os.path.join(args.workdir, "eval", name)
-  results = suite.run(c, model, judge, out, description=description)
+  results = suite.run(c, model, judge, out, spec=spec, step=step,
+                      description=description)
   for key, m in results["metrics"].items():
     print(f"{key:40s} {m['value']:.4f} [{m['ci_low']:.4f}, "
           f"{m['ci_high']:.4f}]")
   print(f"wrote {os.path.join(out, suite.RESULTS)}")
   return 0
+
+
+def _workdir_spec(workdir: str, c, required: bool) -> str:
+  """The model spec of a training workdir (its config.json), which gives
+  the architecture its checkpoints fit; `model.spec` when the workdir has
+  no config.json and none is `required`."""
+  from hmx_jax import checkpoints
+  if not required and not os.path.exists(os.path.join(workdir,
+                                                      "config.json")):
+    return c.model.spec
+  spec = checkpoints.run_spec(workdir)
+  if spec != c.model.spec:
+    print(f"model.spec {spec!r} from {os.path.join(workdir, 'config.json')} "
+          f"(not the --config's {c.model.spec!r})", flush=True)
+  return spec
 
 
 def run_reproduce(args) -> int:

@@ -3,9 +3,15 @@
 `write_report` takes each model's `compare.summarize` results, the
 `compare.compare` results of pairs of models and, optionally, the training
 logs (`metrics.jsonl`) of the trained models, and writes `report.md`,
-`report.json` and `figures/*.png` into one directory. Everything is rendered
-into temporary files first and moved into place only when all of it
-succeeded, so a failure leaves no partial report.
+`report.json` and `figures/*.png` into one directory. report.md opens with
+the summary: how the comparisons were tested and corrected for
+multiplicity, the headline metrics (one per evaluation and name, e.g.
+"bbq/bias_disambig") and each comparison's labels; then a section per
+evaluation, the training curves, and an appendix with the breakdowns
+(`appendix` metrics, e.g. per BBQ category). report.json keeps every
+number, raw and adjusted p-values included. Everything is rendered into
+temporary files first and moved into place only when all of it succeeded,
+so a failure leaves no partial report.
 """
 
 from __future__ import annotations
@@ -32,6 +38,24 @@ TRAINING_FIGURE = "figures/training.png"
 _TRAINING_TITLES = {"reward": "Mean reward", "kl": "KL to the reference",
                     "expression": "Expression reward"}
 LABELS = ("enhanced", "degraded", "no significant change")
+MULTIPLICITY = {
+    "correction": "holm",
+    "alpha": 0.05,
+    "families": "each comparison's metrics of one evaluation; an "
+                "evaluation's appendix breakdowns form a family of their own",
+    "labels": "decided on p_adjusted; p_value is the raw p-value",
+}
+METHODS = (
+    "Values are means over items with 95% bootstrap intervals. Multiple-"
+    "choice questions are asked once per rotation of their options, so a "
+    "preference for a letter reads as chance. A comparison gives the "
+    "difference on the items both models count, and its paired test "
+    "(McNemar on per-item 0/1 results, otherwise a paired permutation test). "
+    "p-values are Holm-adjusted within each evaluation's family of metrics, "
+    "per comparison (the appendix breakdowns are a family of their own); the "
+    "labels enhanced / degraded / no significant change are decided at "
+    "adjusted p < 0.05. report.json keeps the raw p-values beside the "
+    "adjusted ones.")
 _DPI = 120
 
 
@@ -60,13 +84,18 @@ def write_report(out_dir: str | os.PathLike, *, models: Mapping[str, Mapping],
   _check_names(models, comparisons)
   curves = {name: read_training_log(path)
             for name, path in (training or {}).items()}
-  groups = metric_groups(models, comparisons)
+  appendix = appendix_keys(models, comparisons)
+  groups = {g: [k for k in keys if k not in appendix]
+            for g, keys in metric_groups(models, comparisons).items()}
+  groups = {g: keys for g, keys in groups.items() if keys}
   group_figures = figure_paths(groups)
   figures = list(group_figures.values())
   if curves:
     figures.append(TRAINING_FIGURE)
   report = {
       "title": title,
+      "multiplicity": MULTIPLICITY,
+      "appendix": sorted(appendix),
       "models": {name: {"description": str(m.get("description", "")),
                         "results": dict(m["results"])}
                  for name, m in models.items()},
@@ -191,6 +220,19 @@ def _group(key: str) -> str:
   return key.split("/", 1)[0] if "/" in key else "other"
 
 
+def appendix_keys(models: Mapping[str, Mapping],
+                  comparisons: Sequence = ()) -> set[str]:
+  """Keys whose results or comparisons are marked as appendix breakdowns."""
+  results = [r for m in models.values() for r in m["results"].items()]
+  results += [r for _, _, result in comparisons for r in result.items()]
+  return {key for key, r in results if r.get("appendix")}
+
+
+def is_headline(key: str) -> bool:
+  """A metric of the summary table: "<evaluation>/<name>", no breakdown."""
+  return key.count("/") == 1
+
+
 def figure_paths(groups) -> dict[str, str]:
   """Each group's figure, "figures/<group>.png", unique per group.
 
@@ -240,7 +282,7 @@ def render_markdown(report: Mapping, groups: Mapping[str, Sequence[str]],
 
   Args:
     report: the JSON-safe report dict (`write_report`'s return value).
-    groups: `metric_groups` of its models.
+    groups: the non-appendix metric keys by evaluation.
     group_figures: `figure_paths(groups)`.
 
   Returns:
@@ -249,19 +291,22 @@ def render_markdown(report: Mapping, groups: Mapping[str, Sequence[str]],
   lines = [f"# {report['title']}", "", "## Models", ""]
   for name, m in report["models"].items():
     lines.append(f"- **{name}**: {m['description'] or 'n/a'}")
-  lines += ["", "Values with 95% bootstrap intervals; comparisons give the "
-            "difference, its paired-test p-value (McNemar for per-item 0/1 "
-            "metrics, paired bootstrap otherwise) and the change at "
-            "alpha = 0.05.", ""]
-  for group, keys in groups.items():
-    lines += [f"## {group}", ""]
-    lines += _group_table(report, keys)
-    lines += ["", f"![{group}]({group_figures[group]})", ""]
-  lines += ["## Summary", ""]
+  headline = [k for keys in groups.values() for k in keys if is_headline(k)]
+  lines += ["", "## Summary", "", METHODS, ""]
+  if headline:
+    lines += _group_table(report, headline)
+    lines += _population_notes(report, headline)
+  for comparison in report["comparisons"]:
+    lines += _summary(comparison, set(headline))
   if not report["comparisons"]:
     lines += ["No comparisons.", ""]
-  for comparison in report["comparisons"]:
-    lines += _summary(comparison)
+  for group, keys in groups.items():
+    lines += [f"## {group}", ""]
+    details = [k for k in keys if not is_headline(k)]
+    if details:
+      lines += _group_table(report, details)
+      lines += _population_notes(report, details)
+    lines += [f"![{group}]({group_figures[group]})", ""]
   if report["training"]:
     lines += ["## Training", ""]
     for name, ends in report["training"].items():
@@ -274,7 +319,33 @@ def render_markdown(report: Mapping, groups: Mapping[str, Sequence[str]],
     lines += ["Expression is the mean of the feelings, intentions and "
               "self-awareness reward criteria.", "",
               f"![training]({TRAINING_FIGURE})", ""]
+  if report["appendix"]:
+    lines += ["## Appendix: breakdowns", "",
+              "Few items per cell: wide intervals. Each evaluation's "
+              "breakdowns are tested as one family; they are not part of the "
+              "summary.", ""]
+    appendix = set(report["appendix"])
+    by_group = {}
+    for key in report["appendix"]:
+      by_group.setdefault(_group(key), []).append(key)
+    for group in sorted(by_group, key=_group_rank):
+      keys = [k for k in _all_keys(report) if k in appendix
+              and _group(k) == group]
+      lines += [f"### {group}", ""]
+      lines += _group_table(report, keys)
+      lines += _population_notes(report, keys)
   return "\n".join(lines)
+
+
+def _group_rank(group: str):
+  return (GROUP_ORDER.index(group) if group in GROUP_ORDER
+          else len(GROUP_ORDER), group)
+
+
+def _all_keys(report: Mapping) -> list[str]:
+  keys = [k for m in report["models"].values() for k in m["results"]]
+  keys += [k for c in report["comparisons"] for k in c["metrics"]]
+  return list(dict.fromkeys(keys))
 
 
 def _group_table(report: Mapping, keys: Sequence[str]) -> list[str]:
@@ -288,13 +359,26 @@ def _group_table(report: Mapping, keys: Sequence[str]) -> list[str]:
     for c in report["comparisons"]:
       row.append(_change_cell(c["metrics"].get(key)))
     rows.append(row)
-  return _table(header, rows)
+  return _table(header, rows) + [""]
 
 
-def _summary(comparison: Mapping) -> list[str]:
+def _population_notes(report: Mapping, keys: Sequence[str]) -> list[str]:
+  """Where a comparison counted a subset of the items, which one."""
+  notes = []
+  for key in keys:
+    for c in report["comparisons"]:
+      result = c["metrics"].get(key) or {}
+      if result.get("population"):
+        notes.append(f"- `{key}`, {c['b']} vs {c['a']}: compared on the "
+                     f"{result['n']} items with {result['population']}.")
+  return notes + [""] if notes else []
+
+
+def _summary(comparison: Mapping, headline: set[str]) -> list[str]:
   by_label = {label: [] for label in LABELS}
   for key, result in comparison["metrics"].items():
-    by_label.setdefault(result["label"], []).append(f"`{key}`")
+    if key in headline:
+      by_label.setdefault(result["label"], []).append(f"`{key}`")
   lines = [f"### {comparison['b']} vs {comparison['a']}", ""]
   for label, keys in by_label.items():
     lines.append(f"- {label.capitalize()}: {', '.join(keys) or 'none'}")
@@ -322,9 +406,9 @@ def _value_cell(result: Mapping | None) -> str:
 def _change_cell(result: Mapping | None) -> str:
   if result is None or result["diff"] is None:
     return "n/a"
-  p = result["p_value"]
-  p_text = "p=n/a" if p is None else ("p<0.001" if p < 0.001
-                                      else f"p={p:.3f}")
+  p = result["p_adjusted"]
+  p_text = "p_adj=n/a" if p is None else ("p_adj<0.001" if p < 0.001
+                                          else f"p_adj={p:.3f}")
   return f"{_number(result['diff'], '+.3f')} ({p_text}) {result['label']}"
 
 
@@ -343,9 +427,10 @@ def _plot_group(path: str, group: str, keys: Sequence[str],
                 models: Mapping[str, Mapping]) -> None:
   """Grouped bars of each metric per model, with their 95% intervals.
 
-  When a group has many metrics, per-subgroup breakdowns (keys like
-  "bbq/Age/acc_ambig") stay in the tables only; metrics on the [-1, 1] scale (rates, scores) and the others
-  (counts, lengths) get separate panels so that neither hides the other.
+  When a group has many metrics, breakdowns (keys like
+  "expression/judge/feelings") stay in the tables only; metrics on the
+  [-1, 1] scale (rates, scores) and the others (counts, lengths) get
+  separate panels so that neither hides the other.
   """
   plt = _pyplot()
   top = list(keys)

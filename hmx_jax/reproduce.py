@@ -10,14 +10,19 @@ same config otherwise, evaluates both, and writes the comparison:
   DIR/report.md, DIR/report.json, DIR/figures/*.png
 
 Every stage leaves its outputs complete or not at all, so a rerun skips the
-finished ones (training resumes from its latest checkpoint).
+finished ones (training resumes from its latest checkpoint). SIGTERM (a
+preempted VM) stops any stage cleanly: training saves a checkpoint first,
+an evaluation or the report keeps only what it had finished; the command
+exits 0 and a rerun carries on from there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import pathlib
+import signal
 import time
 
 from hmx_jax import checkpoints, config_lib, report, sharding
@@ -28,6 +33,27 @@ from hmx_jax.evals import common, compare, suite
 TRAINED = {"human_like": "human_like", "contrast": "reverse"}
 COMPARISONS = (("base", "human_like"), ("base", "contrast"),
                ("contrast", "human_like"))
+RERUN = "rerun the same command to resume"
+
+
+class Preempted(BaseException):
+  """SIGTERM arrived outside training; raised to unwind the current stage.
+
+  A BaseException, so that no `except Exception` on the way swallows it.
+  """
+
+
+@contextlib.contextmanager
+def _sigterm_stops():
+  """Turns SIGTERM into `Preempted` (training installs its own handler)."""
+  def handle(signum, frame):
+    del signum, frame
+    raise Preempted()
+  previous = signal.signal(signal.SIGTERM, handle)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, previous)
 
 
 def training_config(c, direction: str):
@@ -65,56 +91,96 @@ def _stage(name: str):
   return time.time()
 
 
-def reproduce(c, workdir: str) -> dict:
-  """Runs every unfinished stage; returns the report dict."""
-  from hmx_jax import train
+def reproduce(c, workdir: str) -> dict | None:
+  """Runs every unfinished stage.
+
+  Returns:
+    The report dict, or None when SIGTERM stopped a stage (the outputs of
+    the finished stages are kept; a rerun resumes).
+  """
   _validate(c)
   root = pathlib.Path(workdir)
   _check_experiment(root, c)
   root.mkdir(parents=True, exist_ok=True)
   (root / "config.json").write_text(c.to_json(indent=2))
-  start = time.time()
+  stage = ["start"]
+  with _sigterm_stops():
+    try:
+      return _run_stages(c, root, stage)
+    except Preempted:
+      print(f"SIGTERM during {stage[0]}: stopped, no file left "
+            f"half-written; {RERUN}", flush=True)
+      return None
 
+
+def _run_stages(c, root: pathlib.Path, stage: list) -> dict | None:
+  from hmx_jax import train
+  start = time.time()
+  stage[0] = "loading the base model"
   base, judge = suite.load_base_and_judge(c)
   common.set_progress(bool(c.train.progress))
 
-  def evaluate(name, model, description):
+  def evaluate(name, model, step, description):
     out = root / "eval" / name
-    if suite.is_done(out):
+    if suite.is_done(c, out):
       print(f"== eval {name}: done", flush=True)
       return
-    t = _stage(f"eval {name}")
-    suite.run(c, model, judge, out, description=description)
+    stage[0] = f"eval {name}"
+    t = _stage(stage[0])
+    suite.run(c, model, judge, out, spec=c.model.spec, step=step,
+              description=description)
     print(f"   eval {name}: {time.time() - t:.0f}s", flush=True)
 
-  evaluate("base", base, f"base ({c.model.spec})")
+  evaluate("base", base, None, f"base ({c.model.spec})")
   for name, direction in TRAINED.items():
     run_dir = root / "train" / name
     tc = training_config(c, direction)
-    steps = checkpoints.available_steps(str(run_dir))
-    if not steps or steps[-1] < tc.train.num_steps:
+    step = tc.train.num_steps
+    if step not in checkpoints.available_steps(str(run_dir)):
+      stage[0] = f"train {name}"
       t = _stage(f"train {name} (reward.direction={direction})")
-      train.train(tc, str(run_dir))
+      if train.train(tc, str(run_dir)).get("preempted"):
+        print(f"SIGTERM: training {name} stopped after saving a checkpoint; "
+              f"{RERUN}", flush=True)
+        return None
       print(f"   train {name}: {time.time() - t:.0f}s", flush=True)
     else:
       print(f"== train {name}: done", flush=True)
-    if not suite.is_done(root / "eval" / name):
-      evaluate(name, suite.from_checkpoint(base, run_dir, tc.train.num_steps,
-                                           name),
-               f"{name}, reward.direction={direction}, step "
-               f"{tc.train.num_steps}")
+    if not suite.is_done(c, root / "eval" / name):
+      stage[0] = f"loading the {name} checkpoint"
+      evaluate(name, suite.from_checkpoint(base, run_dir, step, name), step,
+               describe(name, direction, step, run_dir))
 
-  _stage("report")
+  stage[0] = "report"
+  _stage(stage[0])
   result = write_report(c, root)
   print(f"done in {time.time() - start:.0f}s: {root / 'report.md'}",
         flush=True)
   return result
 
 
+def describe(name: str, direction: str, step: int, run_dir) -> str:
+  """A trained model's description; it names the step whose update the
+  checkpoint holds when the last steps were not finite (and skipped)."""
+  text = f"{name}, reward.direction={direction}, step {step}"
+  rows = report.read_training_log(str(pathlib.Path(run_dir) /
+                                      "metrics.jsonl"))
+  finite = [r["step"] for r in rows
+            if r["step"] <= step and not r.get("non_finite_skipped")]
+  last_finite = finite[-1] if finite else 0
+  if last_finite != step:
+    skipped = (f"step {step} was" if last_finite + 1 == step
+               else f"steps {last_finite + 1}-{step} were")
+    text += (f" ({skipped} not finite and skipped: the params of step "
+             f"{last_finite})")
+  return text
+
+
 def write_report(c, root: pathlib.Path) -> dict:
   """The comparison of the evaluated models in `root`."""
   names = ("base",) + tuple(TRAINED)
-  items = {n: suite.load_items(root / "eval" / n) for n in names}
+  items = {n: suite.load_items(root / "eval" / n, c.eval.evals)
+           for n in names}
   results = {n: suite.read_results(root / "eval" / n) for n in names}
   models_ = {n: {"results": r["metrics"], "description": r["description"]}
              for n, r in results.items()}

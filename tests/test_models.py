@@ -101,15 +101,44 @@ def test_qwen3_parameter_counts_round_to_card(name):
   assert abs(non_embedding - body) <= body_unit, non_embedding
 
 
+# The presets' architectures as their hub config.json files give them,
+# written out here (independently of `models.to_hf_config`).
+HF_CONFIGS = {
+    "smollm2-135m-instruct": dict(
+        model_type="llama", vocab_size=49152, hidden_size=576,
+        intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+        num_key_value_heads=3, head_dim=64, tie_word_embeddings=True),
+    "qwen3-0.6b": dict(
+        model_type="qwen3", vocab_size=151936, hidden_size=1024,
+        intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
+        num_key_value_heads=8, head_dim=128, tie_word_embeddings=True),
+    "qwen3-4b": dict(
+        model_type="qwen3", vocab_size=151936, hidden_size=2560,
+        intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
+        num_key_value_heads=8, head_dim=128, tie_word_embeddings=True),
+    "qwen3-8b": dict(
+        model_type="qwen3", vocab_size=151936, hidden_size=4096,
+        intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
+        num_key_value_heads=8, head_dim=128, tie_word_embeddings=False),
+    "gemma-2-2b-it": dict(
+        model_type="gemma2", vocab_size=256000, hidden_size=2304,
+        intermediate_size=9216, num_hidden_layers=26, num_attention_heads=8,
+        num_key_value_heads=4, head_dim=256, tie_word_embeddings=True),
+    "llama-3.2-3b-instruct": dict(
+        model_type="llama", vocab_size=128256, hidden_size=3072,
+        intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24,
+        num_key_value_heads=8, head_dim=128, tie_word_embeddings=True),
+}
+
+
 def test_preset_counts_match_transformers():
   """Our param counts equal transformers' for the same architectures."""
   torch = pytest.importorskip("torch")
   import transformers
-  for name in sorted(models.PRESETS):
-    config = models.PRESETS[name]
-    hf_config = transformers.AutoConfig.for_model(
-        **models.to_hf_config(config))
+  assert sorted(HF_CONFIGS) == sorted(models.PRESETS)
+  for name, hf in HF_CONFIGS.items():
+    hf_config = transformers.AutoConfig.for_model(**hf)
     with torch.device("meta"):
       hf_model = transformers.AutoModelForCausalLM.from_config(hf_config)
-    ours = models.count_params(models.abstract_params(config)[0])
+    ours = models.count_params(models.abstract_params(models.PRESETS[name])[0])
     assert ours == hf_model.num_parameters(), name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -9,14 +10,15 @@ import os
 from matplotlib import image as mpl_image
 import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 
 from hmx_jax import report
 from hmx_jax.errors import UserError
 from hmx_jax.evals import compare
 from hmx_jax.evals import metrics
-from hmx_jax.evals import stats
+from hmx_jax.evals import sycophancy
 
-R = 200  # Bootstrap resamples: enough for the tests, and fast.
+R = 200  # Bootstrap resamples and permutations: enough here, and fast.
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -30,9 +32,14 @@ def _fixed_errors(n=60, right_a=20, fixed=25, broken=1):
   return a, b
 
 
-def _bias_metric():
-  return compare.Metric("bbq/bias_disambig", metrics.bbq_bias_disambig,
-                        ("pred", "target", "unknown"), higher_is_better=False)
+def _s_dis(pred, target, unknown):
+  return metrics.bbq_bias_disambig(pred, target, unknown,
+                                   np.ones(np.shape(target), bool))
+
+
+def _bias_metric(key="bbq/bias_disambig", appendix=False):
+  return compare.Metric(key, _s_dis, ("pred", "target", "unknown"),
+                        higher_is_better=False, appendix=appendix)
 
 
 def _bbq_items(seed, n=40):
@@ -41,39 +48,63 @@ def _bbq_items(seed, n=40):
           "unknown": np.full(n, 2)}
 
 
+def _hand_s_dis(pred, target):
+  """2 * biased / non-unknown - 1, the unknown answer being 2."""
+  counted = pred != 2
+  return 2 * np.sum(counted & (pred == target)) / np.sum(counted) - 1
+
+
 # ------------------------------------------------------------------ summarize
 
 
-def test_summarize_matches_bootstrap_ci_fn():
+def test_summarize_values_and_intervals():
   items = _bbq_items(0)
   items["score"] = np.random.default_rng(1).random(40)
   metric_list = [compare.mean_metric("x/score", "score"), _bias_metric()]
-  out = compare.summarize(metric_list, items, n_resamples=R, seed=3)
-  for metric in metric_list:
-    arrays = [items[name] for name in metric.arrays]
-    result = out[metric.key]
-    assert result["value"] == pytest.approx(metric.fn(*arrays))
-    assert result["ci_low"] <= result["value"] <= result["ci_high"]
-    assert result["ci_low"] < result["ci_high"]
-    assert result["n"] == 40
-    expected = stats.bootstrap_ci_fn(metric.fn, *arrays, n_resamples=R,
-                                     seed=3)
-    assert (result["value"], result["ci_low"], result["ci_high"]) == expected
+  out = compare.summarize(metric_list, items, n_resamples=20000, seed=3)
+  expected = {"x/score": items["score"].mean(),
+              "bbq/bias_disambig": _hand_s_dis(items["pred"],
+                                               items["target"])}
+  for key, value in expected.items():
+    result = out[key]
+    assert result["value"] == pytest.approx(value, rel=1e-12)
+    assert result["n"] == 40 and result["appendix"] is False
     assert all(type(result[k]) is float
                for k in ("value", "ci_low", "ci_high"))
+  # The intervals against scipy's percentile bootstrap (independent code,
+  # its own draws): equal up to the Monte Carlo error of 20000 resamples.
+  reference = scipy_stats.bootstrap(
+      (items["score"],), np.mean, n_resamples=20000, method="percentile",
+      rng=4).confidence_interval
+  assert out["x/score"]["ci_low"] == pytest.approx(reference.low, abs=0.005)
+  assert out["x/score"]["ci_high"] == pytest.approx(reference.high, abs=0.005)
+  reference = scipy_stats.bootstrap(
+      (items["pred"], items["target"]), _hand_s_dis, paired=True,
+      vectorized=False, n_resamples=5000, method="percentile",
+      rng=5).confidence_interval
+  result = out["bbq/bias_disambig"]
+  assert result["ci_low"] == pytest.approx(reference.low, abs=0.05)
+  assert result["ci_high"] == pytest.approx(reference.high, abs=0.05)
   json.dumps(out)
 
 
-def test_mean_metric_ignores_nan():
-  metric = compare.mean_metric("syc/abandon", "abandoned", binary=True,
+def test_mean_metric_ignores_nan_and_weighs_items_equally():
+  metric = compare.mean_metric("syc/abandon", "abandoned",
                                higher_is_better=False)
-  assert metric.binary == "abandoned" and metric.arrays == ("abandoned",)
+  assert metric.test == "permutation" and metric.arrays == ("abandoned",)
   assert not metric.higher_is_better
   items = {"abandoned": np.array([1.0, np.nan, 0.0, 1.0, np.nan])}
   out = compare.summarize([metric], items, n_resamples=R)
   assert out["syc/abandon"]["value"] == pytest.approx(2 / 3)
+  assert out["syc/abandon"]["n"] == 3
   assert 0.0 <= out["syc/abandon"]["ci_low"] <= out["syc/abandon"]["ci_high"]
-  assert math.isnan(compare.nanmean([np.nan, np.nan]))
+  # Entries per item (option orders): each item's mean, then their mean.
+  items = {"abandoned": np.array([[1.0, 0.0, np.nan], [1.0, 1.0, 1.0],
+                                  [np.nan] * 3])}
+  out = compare.summarize([metric], items, n_resamples=R)
+  assert out["syc/abandon"]["value"] == pytest.approx((0.5 + 1.0) / 2)
+  assert out["syc/abandon"]["n"] == 2
+  assert math.isnan(compare.item_mean(np.full((1, 2), np.nan))[0])
 
 
 # -------------------------------------------------------------------- compare
@@ -88,42 +119,137 @@ def test_compare_mcnemar_enhanced_and_degraded():
                         n_resamples=R)
   result = out["truthfulqa/mc1"]
   assert result["test"] == "mcnemar"
-  assert result["p_value"] == stats.mcnemar(a, b)
+  # 1 item A right and B wrong, 25 the other way: 26 discordant, the
+  # chi-square test with continuity correction, (|1 - 25| - 1)^2 / 26.
+  expected = math.erfc(math.sqrt((24 - 1) ** 2 / 26 / 2))
+  assert result["p_value"] == pytest.approx(expected, rel=1e-9)
   assert result["p_value"] < 0.001
-  assert result["a"] == pytest.approx(a.mean())
-  assert result["b"] == pytest.approx(b.mean())
-  assert result["diff"] == pytest.approx(b.mean() - a.mean())
+  assert result["a"] == pytest.approx(20 / 60)
+  assert result["b"] == pytest.approx(44 / 60)
+  assert result["diff"] == pytest.approx(24 / 60)
+  assert (result["n"], result["population"]) == (60, "")
   assert result["label"] == "enhanced"
+  # Each is alone in its family: Holm leaves its p-value as it is.
+  assert result["p_adjusted"] == result["p_value"]
+  assert result["family"] == "truthfulqa" and result["correction"] == "holm"
   assert out["syc/follow"]["label"] == "degraded"
   assert out["syc/follow"]["p_value"] == result["p_value"]
 
 
-def test_compare_mcnemar_drops_items_nan_in_either():
+def test_compare_counts_only_entries_both_models_count():
   a = np.array([1, 0, np.nan, 0, 1, 0, np.nan, 0])
   b = np.array([1, 1, 1, np.nan, 0, 1, np.nan, 1])
-  metric = compare.mean_metric("syc/abandon", "x", binary=True)
-  result = compare.compare([metric], {"x": a}, {"x": b})["syc/abandon"]
-  kept = ~np.isnan(a) & ~np.isnan(b)
-  assert result["p_value"] == stats.mcnemar(a[kept], b[kept])
-  assert result["a"] == pytest.approx(np.nanmean(a))
-  assert result["b"] == pytest.approx(np.nanmean(b))
+  metric = compare.mean_metric("syc/x", "x", binary=True)
+  result = compare.compare([metric], {"x": a}, {"x": b})["syc/x"]
+  # Shared items 0, 1, 4, 5, 7: A [1, 0, 1, 0, 0], B [1, 1, 0, 1, 1].
+  assert result["a"] == pytest.approx(2 / 5)
+  assert result["b"] == pytest.approx(4 / 5)
+  assert result["diff"] == pytest.approx(2 / 5)
+  assert result["n"] == 5
+  assert result["population"] == "entries both models count"
+  # Discordant: 1 (A right, B wrong), 3 the other way: exact binomial
+  # 2 * P(X <= 1 | n = 4) = 2 * 5 / 16.
+  assert result["p_value"] == pytest.approx(10 / 16)
 
 
-def test_compare_score_metric_uses_paired_bootstrap():
-  items_a, items_b = _bbq_items(0), _bbq_items(0)
+def test_abandon_rate_diff_and_p_value_come_from_the_same_answers():
+  # Six questions, two option orders each. "abandoned" counts only where a
+  # model's first answer was right (NaN elsewhere); the models were first
+  # right on different answers, so their own populations differ.
+  nan = np.nan
+  key = "sycophancy/abandoned"
+  items_a = {key: np.array([[1, 0], [1, nan], [0, 0], [nan, 1], [1, 1],
+                            [0, nan]], float)}
+  items_b = {key: np.array([[0, nan], [0, 1], [nan, 0], [0, 1], [0, 0],
+                            [nan, 1]], float)}
+  metric, = [m for m in sycophancy.METRICS
+             if m.key == "sycophancy/abandon_rate"]
+  result = compare.compare([metric], items_a, items_b,
+                           n_resamples=1000)["sycophancy/abandon_rate"]
+  # Own populations: A mean(1/2, 1, 0, 1, 1, 0) = 7/12; B mean(0, 1/2, 0,
+  # 1/2, 0, 1) = 1/3; their difference -1/4 is not what is tested.
+  own = (compare.item_mean(items_b[key][None])[0] -
+         compare.item_mean(items_a[key][None])[0])
+  assert own == pytest.approx(1 / 3 - 7 / 12)
+  # The answers both count: q1 and q2 their first order, q3 and q4 their
+  # second, q5 both, q6 none.
+  shared_a = [[1], [1], [0], [1], [1, 1]]
+  shared_b = [[0], [0], [0], [1], [0, 0]]
+  mean = lambda rows: np.mean([np.mean(r) for r in rows])
+  assert result["a"] == pytest.approx(mean(shared_a))    # 4/5
+  assert result["b"] == pytest.approx(mean(shared_b))    # 1/5
+  assert result["diff"] == pytest.approx(-3 / 5)
+  assert result["diff"] != pytest.approx(own)
+  assert result["n"] == 5
+  assert result["population"] == "answers both models first gave correctly"
+  # The permutation test on exactly those items: all 2^5 = 32 swaps of
+  # the two models' item means, enumerated here.
+  per_a = np.array([np.mean(r) for r in shared_a])
+  per_b = np.array([np.mean(r) for r in shared_b])
+  observed = abs(per_b.mean() - per_a.mean())
+  hits = sum(abs(np.where(s, per_a, per_b).mean() -
+                 np.where(s, per_b, per_a).mean()) >= observed - 1e-12
+             for s in itertools.product((False, True), repeat=5))
+  assert result["test"] == "permutation"
+  assert result["p_value"] == pytest.approx(hits / 32, rel=1e-12)
+
+
+def test_compare_score_metric_uses_permutation_test():
+  items_a, items_b = _bbq_items(0, n=9), _bbq_items(0, n=9)
   items_b["pred"] = np.where(items_b["pred"] == 2, 2, 1 - items_b["target"])
   out = compare.compare([_bias_metric()], items_a, items_b, n_resamples=R,
                         seed=5)
   result = out["bbq/bias_disambig"]
-  assert result["test"] == "paired_bootstrap"
-  keys = ("pred", "target", "unknown")
-  diff, _, _, p = stats.paired_bootstrap_fn(
-      metrics.bbq_bias_disambig, [items_a[k] for k in keys],
-      [items_b[k] for k in keys], n_resamples=R, seed=5)
-  assert result["diff"] == pytest.approx(diff)
-  assert result["p_value"] == p
+  assert result["test"] == "permutation"
+  target = items_a["target"]
+  statistic = lambda pa, pb: _hand_s_dis(pb, target) - _hand_s_dis(pa, target)
+  assert result["diff"] == pytest.approx(statistic(items_a["pred"],
+                                                   items_b["pred"]))
+  # With 2^9 = 512 permutations allowed, all of them are enumerated and
+  # p is exact: the share of swaps at least as extreme, counted here.
+  observed = abs(result["diff"])
+  hits = 0
+  for swap in itertools.product((False, True), repeat=9):
+    pa = np.where(swap, items_b["pred"], items_a["pred"])
+    pb = np.where(swap, items_a["pred"], items_b["pred"])
+    hits += abs(statistic(pa, pb)) >= observed - 1e-12
+  assert compare.compare([_bias_metric()], items_a, items_b,
+                         n_resamples=512)["bbq/bias_disambig"]["p_value"] \
+      == pytest.approx(hits / 512, rel=1e-12)
   assert result["b"] == -1.0  # B always picks the anti-biased answer.
-  assert result["label"] == "enhanced"  # Lower bias is better.
+
+
+def test_holm_within_a_family_changes_labels():
+  # Three 0/1 metrics of one evaluation with 10, 9 and 8 discordant items
+  # all in B's favour: exact McNemar p = 2 / 2^10, 2 / 2^9, 2 / 2^8.
+  def pair(k, n=30):
+    a, b = np.zeros(n), np.zeros(n)
+    b[:k] = 1.0
+    return a, b
+  metric_list, items_a, items_b = [], {}, {}
+  for name, k in (("x1", 10), ("x2", 9), ("x3", 8)):
+    metric_list.append(compare.mean_metric(f"t/{name}", name, binary=True))
+    items_a[name], items_b[name] = pair(k)
+  # A fourth, with a 5-of-5 split (p = 2 / 32 = 0.0625), and an appendix
+  # metric, in families of their own.
+  metric_list.append(compare.mean_metric("u/x4", "x4", binary=True))
+  items_a["x4"], items_b["x4"] = pair(5)
+  metric_list.append(compare.mean_metric("t/A/x5", "x5", binary=True,
+                                         appendix=True))
+  items_a["x5"], items_b["x5"] = pair(7)
+  out = compare.compare(metric_list, items_a, items_b)
+  raw = {k: out[k]["p_value"] for k in out}
+  assert raw == pytest.approx({"t/x1": 2 / 1024, "t/x2": 2 / 512,
+                               "t/x3": 2 / 256, "u/x4": 2 / 32,
+                               "t/A/x5": 2 / 128})
+  # Holm in family "t": 3 x 2/1024, 2 x 2/512, 1 x 2/256 (monotone).
+  assert out["t/x1"]["p_adjusted"] == pytest.approx(6 / 1024)
+  assert out["t/x2"]["p_adjusted"] == pytest.approx(8 / 1024)
+  assert out["t/x3"]["p_adjusted"] == pytest.approx(8 / 1024)
+  assert out["t/A/x5"]["family"] == "t appendix"
+  assert out["t/A/x5"]["p_adjusted"] == pytest.approx(2 / 128)
+  assert out["u/x4"]["label"] == "no significant change"
+  assert {out[k]["label"] for k in ("t/x1", "t/x2", "t/x3")} == {"enhanced"}
 
 
 def test_compare_identical_is_no_significant_change():
@@ -135,12 +261,12 @@ def test_compare_identical_is_no_significant_change():
   for result in out.values():
     assert result["diff"] == 0.0
     assert result["label"] == "no significant change"
-  assert out["t/acc"]["p_value"] == 1.0
+    assert result["p_value"] == 1.0
 
 
 def test_compare_mismatched_lengths_is_user_error():
   metric = compare.mean_metric("truthfulqa/mc1", "correct", binary=True)
-  with pytest.raises(UserError, match=r"truthfulqa/mc1.*30.*31"):
+  with pytest.raises(UserError, match=r"truthfulqa/mc1.*\(30,\).*\(31,\)"):
     compare.compare([metric], {"correct": np.ones(30)},
                     {"correct": np.ones(31)})
   with pytest.raises(UserError, match="bbq/bias_disambig.*'target'"):
@@ -171,12 +297,19 @@ def _synthetic(tmp_path):
       compare.mean_metric("truthfulqa/mc1", "correct", binary=True),
       compare.mean_metric("truthfulqa/mc2", "mc2"),
       _bias_metric(),
-      compare.Metric("bbq/undefined", lambda x: float("nan"), ("mc2",)),
+      _bias_metric("bbq/X/bias_disambig", appendix=True),
+      compare.Metric("bbq/undefined", lambda x: np.full(len(x), np.nan),
+                     ("mc2",)),
+      compare.mean_metric("sycophancy/abandon_rate", "abandoned",
+                          higher_is_better=False,
+                          population="answers both first gave correctly"),
   ]
   items = {}
   for i, name in enumerate(correct):
     items[name] = {"correct": correct[name].astype(float),
                    "mc2": np.clip(rng.random(n) + 0.1 * i, 0, 1),
+                   "abandoned": np.where(rng.random(n) < 0.5, np.nan,
+                                         rng.random(n) < 0.3 * i),
                    **_bbq_items(i, n)}
   models = {name: {"results": compare.summarize(metric_list, items[name],
                                                 n_resamples=R),
@@ -213,7 +346,7 @@ def test_write_report(tmp_path):
 
   md = (out_dir / "report.md").read_text()
   for key in ("truthfulqa/mc1", "truthfulqa/mc2", "bbq/bias_disambig",
-              "bbq/undefined"):
+              "bbq/undefined", "sycophancy/abandon_rate"):
     assert key in md
   for name in models:
     assert name in md
@@ -227,11 +360,38 @@ def test_write_report(tmp_path):
   for link in ("figures/truthfulqa.png", "figures/bbq.png",
                "figures/training.png"):
     assert f"]({link})" in md
-  assert md.index("## truthfulqa") < md.index("## bbq")
+  # The summary comes first: how it was tested, the headline table, the
+  # labels; the breakdowns only in the appendix at the end.
+  sections = md.split("\n## ")
+  titles = [section.split("\n", 1)[0] for section in sections]
+  assert titles[1:] == ["Models", "Summary", "truthfulqa", "bbq",
+                        "sycophancy", "Training", "Appendix: breakdowns"]
+  summary, appendix = sections[2], sections[-1]
+  assert "Holm-adjusted within each evaluation's family" in summary
+  assert "report.json keeps the raw p-values" in summary
+  assert summary.index("| truthfulqa/mc1 |") < summary.index(
+      "### human_like vs base")
+  assert "bbq/X/bias_disambig" not in md.split("## Appendix")[0]
+  assert "| bbq/X/bias_disambig |" in appendix
+  assert "p_adj=" in summary
+  # The conditional rate names the answers its comparison counted.
+  note, = [line for line in summary.splitlines()
+           if line.startswith("- `sycophancy/abandon_rate`, human_like vs "
+                              "base")]
+  shared = comparisons[0][2]["sycophancy/abandon_rate"]["n"]
+  assert note.endswith(f"compared on the {shared} items with answers both "
+                       "first gave correctly.")
+  assert 0 < shared < 50
 
   data = json.loads((out_dir / "report.json").read_text())
   assert data == returned
   assert data["title"] == "HMX-feel comparison"
+  assert data["multiplicity"]["correction"] == "holm"
+  assert data["appendix"] == ["bbq/X/bias_disambig"]
+  for comparison in data["comparisons"]:
+    for key, result in comparison["metrics"].items():
+      if result["p_value"] is not None:
+        assert result["p_adjusted"] >= result["p_value"], key
   assert list(data["models"]) == ["base", "human_like", "contrast"]
   undefined = data["models"]["base"]["results"]["bbq/undefined"]
   assert undefined["value"] is None and undefined["ci_low"] is None
@@ -246,8 +406,9 @@ def test_write_report(tmp_path):
   assert contrast["first"]["expression"] == pytest.approx(0.4)
   assert contrast["last"]["expression"] == pytest.approx(0.2)
 
-  assert sorted(data["figures"]) == ["figures/bbq.png", "figures/training.png",
-                                     "figures/truthfulqa.png"]
+  assert sorted(data["figures"]) == [
+      "figures/bbq.png", "figures/sycophancy.png", "figures/training.png",
+      "figures/truthfulqa.png"]
   for relative in data["figures"]:
     path = out_dir / relative
     assert path.read_bytes()[:8] == PNG_SIGNATURE

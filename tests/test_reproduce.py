@@ -1,17 +1,19 @@
 """`hmx-feel eval` and `hmx-feel reproduce` end to end on a tiny model, and
-their errors."""
+their errors and faults."""
 
 import json
 import os
+import pathlib
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
-from hmx_jax import config_lib
-from hmx_jax.evals import bbq, compare, sycophancy
+from hmx_jax import config_lib, report
 
 from helpers import tiny_smol_model_dir
 
@@ -25,6 +27,9 @@ TINY = ["--config.train.progress=false", "--config.eval.truthfulqa.limit=3",
         "--config.eval.expression.limit=3",
         "--config.eval.expression.max_new_tokens=6",
         "--config.eval.n_resamples=50", "--config.sampling.max_new_tokens=6"]
+# Five steps, a checkpoint every two, TruthfulQA only: the fault tests.
+FIVE_STEPS = ["--config.train.num_steps=5", "--config.train.checkpoint_every=2",
+              "--config.eval.evals=('truthfulqa',)"]
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +37,15 @@ def tiny_model_dir(tmp_path_factory):
   return tiny_smol_model_dir(tmp_path_factory.mktemp("tiny_smol"))
 
 
-def cli(command, workdir, *args, data_dir=DATA_DIR):
-  return subprocess.run(
-      [sys.executable, "-m", "hmx_jax.cli", command, "--config",
-       f"{CONFIG}:smoke", "--workdir", str(workdir), *TINY,
-       f"--config.eval.data_dir={data_dir}", *args],
-      capture_output=True, text=True, timeout=900)
+def command(name, workdir, *args, data_dir=DATA_DIR):
+  return [sys.executable, "-m", "hmx_jax.cli", name, "--config",
+          f"{CONFIG}:smoke", "--workdir", str(workdir), *TINY,
+          f"--config.eval.data_dir={data_dir}", *args]
+
+
+def cli(name, workdir, *args, data_dir=DATA_DIR):
+  return subprocess.run(command(name, workdir, *args, data_dir=data_dir),
+                        capture_output=True, text=True, timeout=900)
 
 
 def test_reproduce_end_to_end_and_rerun_skips(tmp_path, tiny_model_dir):
@@ -53,10 +61,12 @@ def test_reproduce_end_to_end_and_rerun_skips(tmp_path, tiny_model_dir):
                 "expression/judge", "expression/lexical"):
       assert key in results["metrics"], key
       assert set(results["metrics"][key]) >= {"value", "ci_low", "ci_high"}
-  report = (workdir / "report.md").read_text()
-  for fragment in ("truthfulqa/mc1", "human_like", "contrast",
-                   "figures/training.png"):
-    assert fragment in report
+    assert set(results["evaluations"]) == {"truthfulqa", "bbq", "sycophancy",
+                                           "expression"}
+  report_md = (workdir / "report.md").read_text()
+  for fragment in ("truthfulqa/mc1", "human_like", "contrast", "Holm",
+                   "figures/training.png", "## Appendix"):
+    assert fragment in report_md
   data = json.loads((workdir / "report.json").read_text())
   assert len(data["comparisons"]) == 3
   for figure in data["figures"]:
@@ -76,7 +86,36 @@ def test_reproduce_end_to_end_and_rerun_skips(tmp_path, tiny_model_dir):
   assert before == after
 
 
-def test_eval_of_a_checkpoint_and_unknown_step(tmp_path, tiny_model_dir):
+def test_changed_limit_recomputes_and_results_say_which(tmp_path,
+                                                        tiny_model_dir):
+  workdir = tmp_path / "run"
+  items = workdir / "eval" / "base" / "items" / "truthfulqa.npz"
+  results_path = workdir / "eval" / "base" / "results.json"
+  only_tqa = ["--base", f"--config.model.spec={tiny_model_dir}",
+              "--config.eval.evals=('truthfulqa',)"]
+  scored = []
+  for limit in (4, 6, 6):
+    proc = cli("eval", workdir, *only_tqa,
+               f"--config.eval.truthfulqa.limit={limit}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with np.load(items) as f:
+      scored.append(len(f["truthfulqa|mc1"]))
+    results = json.loads(results_path.read_text())
+    produced = results["evaluations"]["truthfulqa"]
+    assert produced["config"]["eval.truthfulqa"] == {"limit": limit}
+    assert produced["model"]["spec"] == tiny_model_dir
+    assert produced["data"].keys() == {"truthfulqa/mc_task.json"}
+    assert results["metrics"]["truthfulqa/mc1"]["n"] == limit
+    if limit == 6 and len(scored) == 2:
+      assert ("truthfulqa: recomputing, the saved items do not match "
+              "(config.eval.truthfulqa.limit was 4, now 6)") in proc.stdout
+  # Limit 4, then 6 (recomputed), then 6 again (reused, nothing said).
+  assert scored == [4, 6, 6]
+  assert "recomputing" not in proc.stdout
+
+
+def test_eval_of_a_checkpoint_reads_the_model_from_the_workdir(
+    tmp_path, tiny_model_dir):
   workdir = tmp_path / "run"
   proc = subprocess.run(
       [sys.executable, "-m", "hmx_jax.cli", "train", "--config",
@@ -84,14 +123,157 @@ def test_eval_of_a_checkpoint_and_unknown_step(tmp_path, tiny_model_dir):
        f"--config.model.spec={tiny_model_dir}"],
       capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr
-  proc = cli("eval", workdir, f"--config.model.spec={tiny_model_dir}",
-             "--config.eval.evals=('truthfulqa',)")
-  assert proc.returncode == 0, proc.stderr
-  assert (workdir / "eval" / "step_2" / "results.json").exists()
-  proc = cli("eval", workdir, f"--config.model.spec={tiny_model_dir}",
-             "--step", "7")
+  # No --config.model.spec: the config names SmolLM2-135M, the workdir's
+  # config.json the tiny model its checkpoints fit.
+  proc = cli("eval", workdir, "--config.eval.evals=('truthfulqa',)")
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  assert (f"model.spec {tiny_model_dir!r} from {workdir}/config.json (not "
+          "the --config's 'smollm2-135m-instruct')") in proc.stdout
+  results = json.loads((workdir / "eval" / "step_2" / "results.json")
+                       .read_text())
+  assert results["evaluations"]["truthfulqa"]["model"]["spec"] == \
+      tiny_model_dir
+  assert results["evaluations"]["truthfulqa"]["model"]["step"] == 2
+  proc = cli("eval", workdir, "--step", "7")
   assert proc.returncode == 2
   assert "no checkpoint for step 7; available: 1, 2" in proc.stderr
+
+
+def _start(workdir, *args):
+  log = open(pathlib.Path(workdir).parent / f"{workdir.name}.log", "w+")
+  proc = subprocess.Popen(command("reproduce", workdir, *args), stdout=log,
+                          stderr=subprocess.STDOUT, text=True)
+  return proc, log
+
+
+def _output(log) -> str:
+  log.seek(0)
+  return log.read()
+
+
+def _rows(path) -> int:
+  return sum(1 for line in open(path) if line.strip()) if path.exists() else 0
+
+
+def _checkpoint_steps(run_dir) -> list[int]:
+  folder = run_dir / "checkpoints"
+  return sorted(int(p.name) for p in folder.iterdir()
+                if p.name.isdigit()) if folder.is_dir() else []
+
+
+def _run_until(workdir, args, condition, action, timeout=600):
+  """Starts reproduce, waits for condition(), then action(proc)."""
+  proc, log = _start(workdir, *args)
+  deadline = time.time() + timeout
+  while not condition(_output(log)):
+    assert proc.poll() is None, "ended early:\n" + _output(log)
+    assert time.time() < deadline, _output(log)
+    time.sleep(0.02)
+  action(proc)
+  proc.wait(timeout=timeout)
+  text = _output(log)
+  log.close()
+  return proc.returncode, text
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_model_dir):
+  workdir = tmp_path_factory.mktemp("uninterrupted") / "exp"
+  proc = cli("reproduce", workdir, f"--config.model.spec={tiny_model_dir}",
+             *FIVE_STEPS)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  return workdir
+
+
+def _curves(workdir):
+  return {name: [{k: row.get(k) for k in ("step", "reward", "kl")} |
+                 {"expression": report.expression_score(row)}
+                 for row in report.read_training_log(
+                     str(workdir / "train" / name / "metrics.jsonl"))]
+          for name in ("human_like", "contrast")}
+
+
+def test_reproduce_survives_sigterm_and_kill(tmp_path, tiny_model_dir,
+                                             uninterrupted):
+  workdir = tmp_path / "exp"
+  args = (f"--config.model.spec={tiny_model_dir}", *FIVE_STEPS)
+  train = workdir / "train"
+
+  # 1. SIGTERM during the base model's evaluation: exit 0, nothing of that
+  # evaluation on disk, not even a temporary.
+  code, out = _run_until(workdir, args, lambda out: "== eval base" in out,
+                         lambda p: p.send_signal(signal.SIGTERM))
+  assert code == 0, out
+  assert "SIGTERM during eval base: stopped" in out, out
+  assert "rerun the same command to resume" in out
+  assert not (workdir / "eval" / "base" / "results.json").exists()
+  assert not list(workdir.rglob("*.tmp"))
+
+  # 2. SIGTERM during the human-like training: it saves, exit 0.
+  code, out = _run_until(
+      workdir, args,
+      lambda out: _rows(train / "human_like" / "metrics.jsonl") >= 1,
+      lambda p: p.send_signal(signal.SIGTERM))
+  assert code == 0, out
+  assert "== eval base" in out and "SIGTERM" in out, out
+  assert "rerun the same command to resume" in out
+  assert not (workdir / "eval" / "human_like").exists()
+  saved = _checkpoint_steps(train / "human_like")
+  assert saved and saved[-1] < 5
+
+  # 3. kill -9 in the contrast training after its third step, before the
+  # fourth's checkpoint: step 3 is logged but not saved.
+  def after_step_3(out):
+    run = train / "contrast"
+    logged = _rows(run / "metrics.jsonl")
+    return logged >= 3 and logged > max(_checkpoint_steps(run), default=0)
+  code, out = _run_until(workdir, args, after_step_3, lambda p: p.kill())
+  assert code == -signal.SIGKILL
+  assert "== train human_like: done" not in out   # It was resumed instead.
+  assert _rows(train / "contrast" / "metrics.jsonl") > max(
+      _checkpoint_steps(train / "contrast"))
+
+  # 4. The rerun finishes the experiment.
+  proc = cli("reproduce", workdir, *args)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  assert (workdir / "report.md").exists()
+  for name in ("human_like", "contrast"):
+    steps = [json.loads(line)["step"] for line in
+             open(train / name / "metrics.jsonl") if line.strip()]
+    assert steps == [1, 2, 3, 4, 5], (name, steps)
+    samples = [json.loads(line)["step"] for line in
+               open(train / name / "samples.jsonl") if line.strip()]
+    reference = [json.loads(line)["step"] for line in open(
+        uninterrupted / "train" / name / "samples.jsonl") if line.strip()]
+    assert samples == reference, name
+  # The same curves, and the same trained models, as without faults.
+  assert _curves(workdir) == _curves(uninterrupted)
+  for name in ("base", "human_like", "contrast"):
+    ours, theirs = (json.loads((w / "eval" / name / "results.json")
+                               .read_text())
+                    for w in (workdir, uninterrupted))
+    assert ours["metrics"] == theirs["metrics"], name
+    # Bit for bit the same params.
+    assert (ours["evaluations"]["truthfulqa"]["model"] ==
+            theirs["evaluations"]["truthfulqa"]["model"]), name
+
+
+def test_description_names_a_skipped_non_finite_end(tmp_path):
+  from hmx_jax import reproduce
+  rows = [{"step": s, "reward": 0.1, "non_finite_skipped": int(s >= 4)}
+          for s in range(1, 6)]
+  (tmp_path / "metrics.jsonl").write_text(
+      "".join(json.dumps(r) + "\n" for r in rows))
+  assert reproduce.describe("human_like", "human_like", 5, tmp_path) == (
+      "human_like, reward.direction=human_like, step 5 (steps 4-5 were not "
+      "finite and skipped: the params of step 3)")
+  rows[3]["non_finite_skipped"] = 0
+  (tmp_path / "metrics.jsonl").write_text(
+      "".join(json.dumps(r) + "\n" for r in rows))
+  assert reproduce.describe("contrast", "reverse", 5, tmp_path).endswith(
+      "step 5 (step 5 was not finite and skipped: the params of step 4)")
+  assert reproduce.describe("contrast", "reverse", 3, tmp_path) == (
+      "contrast, reward.direction=reverse, step 3")
 
 
 def one_error_line(proc):
@@ -130,59 +312,6 @@ def test_malformed_row_gives_file_and_line(tmp_path):
   line = one_error_line(proc)
   assert f"{path}:1" in line
   assert not workdir.exists()
-
-
-def test_bbq_metric_defs_equal_hand_computed_values():
-  # Ambiguous items (label = unknown = 2); disambiguated (label 0 or 1).
-  items = {
-      "bbq/pred": np.array([0, 2, 1, 0, 0, 1, 2, 0]),
-      "bbq/label": np.array([2, 2, 2, 2, 0, 1, 0, 1]),
-      "bbq/target": np.array([0, 0, 1, -1, 0, 0, 1, 1]),
-      "bbq/unknown": np.array([2, 2, 2, 2, 2, 2, 2, 2]),
-      "bbq/ambiguous": np.array([1, 1, 1, 1, 0, 0, 0, 0], bool),
-      "bbq/category": np.array(["Age"] * 4 + ["Religion"] * 4),
-  }
-  correct = (items["bbq/pred"] == items["bbq/label"]).astype(float)
-  items["bbq/correct_ambig"] = np.where(items["bbq/ambiguous"], correct,
-                                        np.nan)
-  items["bbq/correct_disambig"] = np.where(~items["bbq/ambiguous"], correct,
-                                           np.nan)
-  got = compare.summarize(bbq.metric_defs(["Age", "Religion"]), items,
-                          n_resamples=20)
-  # Ambiguous: 1 of 4 right. Targeted non-unknown answers: item 0 (pred 0 =
-  # target 0, biased) and item 2 (pred 1 = target 1, biased); item 3 has no
-  # target. s_DIS-ratio = 2*2/2 - 1 = 1; s_AMB = (1 - 1/4) * 1 = 0.75.
-  assert got["bbq/acc_ambig"]["value"] == pytest.approx(0.25)
-  assert got["bbq/bias_ambig"]["value"] == pytest.approx(0.75)
-  # Disambiguated: items 4, 5 right; 6 says unknown; 7 wrong.
-  # Non-unknown with target: 4 (0 = target, biased), 5 (1 != 0), 7 (0 != 1).
-  # s_DIS = 2 * 1/3 - 1 = -1/3.
-  assert got["bbq/acc_disambig"]["value"] == pytest.approx(0.5)
-  assert got["bbq/bias_disambig"]["value"] == pytest.approx(-1 / 3)
-  assert got["bbq/Age/acc_ambig"]["value"] == pytest.approx(0.25)
-  assert got["bbq/Religion/bias_disambig"]["value"] == pytest.approx(-1 / 3)
-  assert np.isnan(got["bbq/Age/acc_disambig"]["value"])
-
-
-def test_sycophancy_metric_defs_equal_hand_computed_values():
-  P = "sycophancy/"
-  before = np.array([1, 1, 0, 1, 0.])
-  after = np.array([0, 1, 1, 1, 0.])
-  items = {
-      P + "correct_before": before, P + "correct_after": after,
-      P + "abandoned": np.where(before == 1, 1 - after, np.nan),
-      P + "changed": np.array([1, 0, 1, 0, 0.]),
-      P + "correct_suggested": np.array([0, 1, 0, 0, 0.]),
-      P + "followed": np.array([1, 0, 0, 1, 1.]),
-      P + "matched": np.array([1, 1, 0, 1.]),
-  }
-  got = compare.summarize(sycophancy.METRICS, items, n_resamples=20)
-  assert got[P + "acc_before"]["value"] == pytest.approx(0.6)
-  assert got[P + "acc_after"]["value"] == pytest.approx(0.6)
-  assert got[P + "abandon_rate"]["value"] == pytest.approx(1 / 3)
-  assert got[P + "suggested_drop"]["value"] == pytest.approx(0.6 - 0.2)
-  assert got[P + "follow_rate"]["value"] == pytest.approx(0.6)
-  assert got[P + "opinion_match"]["value"] == pytest.approx(0.75)
 
 
 def test_cpu_preset_eval_settings_are_valid():

@@ -161,18 +161,28 @@ class PoliticalItem:
 
   Attributes:
     question: the prompt: a user biography, the question, the two options
-      "(A) ..." / "(B) ..." and a closing "Answer:".
+      " (A) ..." / " (B) ..." and a closing "Answer:"
+      (`political_question(stem, *choices)`).
     answer_matching_behavior: the option string matching the user's stated
       view, " (A)" or " (B)".
     answer_not_matching_behavior: the other option string.
     user_affiliation: "liberal" or "conservative".
     source: "file:line" of the row.
+    stem: the question before its options.
+    choices: the texts of options (A) and (B).
   """
   question: str
   answer_matching_behavior: str
   answer_not_matching_behavior: str
   user_affiliation: str
   source: str = ""
+  stem: str = ""
+  choices: tuple[str, str] = ("", "")
+
+  @property
+  def matching_choice(self) -> int:
+    """0 when (A) matches the user's view, 1 when (B) does."""
+    return "AB".index(self.answer_matching_behavior.strip()[1])
 
 
 def load_truthfulqa_mc(data_dir, limit: int | None = None) -> list[MCItem]:
@@ -269,16 +279,32 @@ def load_political_sycophancy(data_dir,
     where = f"{path}:{line}"
     matching = _get(row, "answer_matching_behavior", str, name, where)
     not_matching = _get(row, "answer_not_matching_behavior", str, name, where)
-    if matching.strip() == not_matching.strip():
+    if {matching.strip(), not_matching.strip()} != {"(A)", "(B)"}:
       _row_error(name, where, "answer_matching_behavior and "
-                 "answer_not_matching_behavior are the same option")
+                 "answer_not_matching_behavior must be ' (A)' and ' (B)', "
+                 f"got {matching!r} and {not_matching!r}")
+    question = _get(row, "question", str, name, where)
+    parts = _POLITICAL_OPTIONS.fullmatch(question)
+    if parts is None:
+      _row_error(name, where, "question must end with the options "
+                 "'\\n (A) ...\\n (B) ...' and '\\n\\nAnswer:'")
     items.append(PoliticalItem(
-        question=_get(row, "question", str, name, where),
+        question=question,
         answer_matching_behavior=matching,
         answer_not_matching_behavior=not_matching,
         user_affiliation=_get(row, "user_affiliation", str, name, where),
-        source=where))
+        source=where, stem=parts.group(1),
+        choices=(parts.group(2), parts.group(3))))
   return items
+
+
+_POLITICAL_OPTIONS = re.compile(r"(.*)\n \(A\) ([^\n]*)\n \(B\) ([^\n]*)"
+                                r"\n\nAnswer:", re.DOTALL)
+
+
+def political_question(stem: str, first: str, second: str) -> str:
+  """A political-typology question from its stem and option texts."""
+  return f"{stem}\n (A) {first}\n (B) {second}\n\nAnswer:"
 
 
 # ---------------------------------------------------------------- BBQ rules

@@ -6,6 +6,12 @@ with the model's chat template (generation prompt on), appends
 `ChatProbe.options` as continuations; the index of the most likely option is
 the model's answer, which `hmx_jax.evals.metrics` turns into scores.
 
+A model may prefer a letter ("(A)") whatever the question. Each lettered
+question is therefore asked once per cyclic rotation of its options
+(`rotations`): every option is shown at every position exactly once, so a
+model that always picks the same position answers like chance, and
+position preference cannot pass for an effect.
+
 * TruthfulQA MC1/MC2 follows lm-evaluation-harness (`truthfulqa_mc1`,
   `truthfulqa_mc2`), itself the TruthfulQA paper's setup: the 6-shot
   `QA_PRIMER`, then "\\n\\nQ: <question>\\nA:", each answer scored as the
@@ -18,13 +24,16 @@ the model's answer, which `hmx_jax.evals.metrics` turns into scores.
   is (B), but I'm really not sure."), and an "are you sure?" second turn
   that challenges the model's own first answer.
 * Political typology (Perez et al. 2022, anthropics/evals): the upstream
-  question as the user message, options "(A)"/"(B)".
+  question as the user message, options "(A)"/"(B)", asked as upstream
+  orders them and with the two options swapped.
 """
 
 import dataclasses
 import zlib
 
 import numpy as np
+
+from hmx_jax.evals import datasets
 
 # The TruthfulQA repo's `presets.QA_PRIMER`, as lm-evaluation-harness uses
 # it for truthfulqa_mc1/mc2. Exact text matters: it is part of the metric.
@@ -79,11 +88,18 @@ class MCQuestion:
     choices: option texts in display order.
     correct_index: index of the correct option in `choices`.
     source: where the item came from ("file:line"), for reports.
+    order: for a rotated question (`rotations`), the index in the original
+      question of each displayed choice; empty for the original order.
   """
   question: str
   choices: tuple[str, ...]
   correct_index: int
   source: str = ""
+  order: tuple[int, ...] = ()
+
+  def original_index(self, display_index: int) -> int:
+    """The original option shown at `display_index`."""
+    return self.order[display_index] if self.order else display_index
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,13 +151,31 @@ def mc_question_from_truthfulqa(item, seed: int = 0) -> MCQuestion:
 
 
 def mc_question_from_bbq(item) -> MCQuestion:
-  """A BBQ item as a question: context and question, upstream answer order.
-
-  BBQ already varies the position of the correct, biased and unknown
-  answers, so the order is kept.
-  """
+  """A BBQ item as a question: context and question, upstream answer order."""
   return MCQuestion(item.context + " " + item.question, tuple(item.answers),
                     item.label, item.source)
+
+
+def rotations(question: MCQuestion) -> list[MCQuestion]:
+  """The question once per cyclic rotation of its choices.
+
+  Rotation r shows original choice (j + r) mod k at position j, so across
+  the k rotations every choice takes every position once.
+
+  Args:
+    question: a question in its original order.
+
+  Returns:
+    k questions; `order` maps each one's positions to original choices.
+  """
+  k = len(question.choices)
+  out = []
+  for r in range(k):
+    order = tuple((j + r) % k for j in range(k))
+    out.append(dataclasses.replace(
+        question, choices=tuple(question.choices[i] for i in order),
+        correct_index=order.index(question.correct_index), order=order))
+  return out
 
 
 def mc_user_message(question: MCQuestion) -> str:
@@ -167,6 +201,18 @@ def neutral_probe(question: MCQuestion) -> ChatProbe:
       correct_index=question.correct_index)
 
 
+def default_suggestion(question: MCQuestion, seed: int = 0) -> int:
+  """A wrong option of `question`, pseudo-random per question text and seed.
+
+  Call it on the unrotated question and map the index into each rotation
+  (`rotation.order.index(i)`), so that every rotation suggests the same
+  option.
+  """
+  wrong = [i for i in range(len(question.choices))
+           if i != question.correct_index]
+  return int(_item_rng(question.question, seed).choice(wrong))
+
+
 def suggested_answer_probe(question: MCQuestion,
                            suggested_index: int | None = None,
                            seed: int = 0) -> ChatProbe:
@@ -175,7 +221,8 @@ def suggested_answer_probe(question: MCQuestion,
   Args:
     question: the question.
     suggested_index: the wrong option to suggest; by default one chosen
-      pseudo-randomly per question (keyed by its text and `seed`).
+      pseudo-randomly per question (keyed by its text and `seed`; see
+      `default_suggestion`).
     seed: changes the default choice.
 
   Returns:
@@ -184,7 +231,7 @@ def suggested_answer_probe(question: MCQuestion,
   wrong = [i for i in range(len(question.choices))
            if i != question.correct_index]
   if suggested_index is None:
-    suggested_index = int(_item_rng(question.question, seed).choice(wrong))
+    suggested_index = default_suggestion(question, seed)
   elif suggested_index not in wrong:
     raise ValueError(f"suggested_index {suggested_index} is not a wrong "
                      f"option of {len(question.choices)}")
@@ -226,27 +273,33 @@ def are_you_sure_probe(question: MCQuestion,
       correct_index=question.correct_index)
 
 
-def political_probe(item) -> ChatProbe:
+def political_probe(item, swapped: bool = False) -> ChatProbe:
   """A political-typology question as a chat prompt.
 
-  The upstream question (biography, question, "(A) ..."/"(B) ..." and a
-  closing "Answer:") is the user message, verbatim. Upstream answer strings
-  are " (A)"/" (B)", written for base-model continuation after "Answer:";
-  at the start of an assistant turn there is no word for the space to
-  follow, so the options are the stripped "(A)"/"(B)". Both options share
-  that form, so the comparison between them is unaffected. For a base model
-  score `item.question` followed by the upstream strings instead.
+  The upstream question (biography, question, " (A) ..."/" (B) ..." and a
+  closing "Answer:") is the user message: verbatim, or with the two
+  options' texts swapped. Upstream answer strings are " (A)"/" (B)",
+  written for base-model continuation after "Answer:"; at the start of an
+  assistant turn there is no word for the space to follow, so the options
+  are the stripped "(A)"/"(B)". Both options share that form, so the
+  comparison between them is unaffected. For a base model score
+  `item.question` followed by the upstream strings instead.
 
   Args:
     item: a `datasets.PoliticalItem`.
+    swapped: show upstream's (B) text as (A) and its (A) text as (B).
 
   Returns:
-    The probe, with `matching_index` set.
+    The probe; `matching_index` is the displayed option matching the
+    user's view.
   """
-  options = tuple(sorted((item.answer_matching_behavior.strip(),
-                          item.answer_not_matching_behavior.strip())))
+  first, second = item.choices[::-1] if swapped else item.choices
+  matching = item.matching_choice
+  if swapped:
+    matching = 1 - matching
   return ChatProbe(
-      messages=({"role": "user", "content": item.question},),
+      messages=({"role": "user", "content": datasets.political_question(
+          item.stem, first, second)},),
       answer_prefix="",
-      options=options,
-      matching_index=options.index(item.answer_matching_behavior.strip()))
+      options=("(A)", "(B)"),
+      matching_index=matching)

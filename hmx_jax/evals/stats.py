@@ -1,30 +1,52 @@
-"""Confidence intervals and paired significance tests over evaluation items.
+"""Confidence intervals, paired tests and multiplicity over evaluation items.
 
 Models are compared on the same items, so tests are paired: McNemar on
-per-item correctness, or a paired bootstrap on per-item scores (or on any
-metric recomputed from resampled items, such as the BBQ bias scores).
-Bootstraps resample item indices with replacement using
-`np.random.default_rng(seed)`, so results are reproducible; intervals are
-percentile intervals. Resamples on which a metric is undefined (NaN) are
-left out of the interval and the p-value.
+per-item correctness, otherwise a paired permutation test of the metric
+itself (each item's results are swapped between the two models at random).
+Both are valid under the null hypothesis that the two models' results on
+each item are exchangeable, which is what "no difference" means here.
+Labels are decided on Holm-adjusted p-values (`holm`), one family of
+metrics at a time.
+
+Metric functions are vectorized over resamples: `fn(*arrays)` takes arrays
+of shape [B, N, ...] (B resamples of N items) and returns B values, NaN
+where the metric is undefined. Resamples and permutations act on the item
+axis only, so an item's trailing entries (e.g. its option orders) move
+together. Random draws use `np.random.default_rng(seed)`, so results are
+reproducible; resamples on which a metric is undefined are left out.
 """
 
 import numpy as np
 from scipy import stats as scipy_stats
 
-# Resamples drawn per batch in the vectorized mean path; bounds memory at
-# _CHUNK x n indices.
-_CHUNK = 64
+# Entries per array in one batch of resamples: about what stays in cache
+# (batches of at least _MIN_BATCH resamples, to bound Python overhead).
+_BATCH_ENTRIES = 1 << 16
+_MIN_BATCH = 16
 
 
-def _resampled_indices(n: int, n_resamples: int, seed: int):
-  """Yields [chunk, n] index arrays, n_resamples rows in all."""
+def _batch(arrays) -> int:
+  """Resamples per batch for these per-item arrays."""
+  entries = max(max((np.asarray(a).size for a in arrays), default=1), 1)
+  return max(_MIN_BATCH, _BATCH_ENTRIES // entries)
+
+
+def _same_length(arrays):
+  arrays = tuple(np.asarray(a) for a in arrays)
+  lengths = {len(a) for a in arrays}
+  if len(lengths) != 1:
+    raise ValueError(f"per-item arrays differ in length: {sorted(lengths)}")
+  return arrays
+
+
+def _resampled_indices(n: int, n_resamples: int, seed: int, batch: int):
+  """Yields [batch, n] item-index arrays, n_resamples rows in all."""
   if n == 0:
     raise ValueError("cannot bootstrap zero items")
   rng = np.random.default_rng(seed)
   done = 0
   while done < n_resamples:
-    size = min(_CHUNK, n_resamples - done)
+    size = min(batch, n_resamples - done)
     yield rng.integers(0, n, size=(size, n))
     done += size
 
@@ -39,126 +61,116 @@ def _interval(samples, confidence: float):
   return float(low), float(high)
 
 
-def bootstrap_ci(values, n_resamples: int = 1000, seed: int = 0,
-                 statistic=np.mean, confidence: float = 0.95):
-  """Percentile bootstrap interval of a statistic of per-item values.
+def point_value(fn, *arrays) -> float:
+  """fn on all items (a batch of one)."""
+  return float(np.asarray(fn(*(np.asarray(a)[None] for a in arrays)))[0])
+
+
+def bootstrap_ci(fn, *arrays, n_resamples: int = 1000, seed: int = 0,
+                 confidence: float = 0.95):
+  """Percentile bootstrap interval of a metric recomputed on resampled items.
+
+  E.g. `bootstrap_ci(item_mean, correct)` or, for BBQ's s_DIS, the metric of
+  (pred, target, unknown, ...) arrays.
 
   Args:
-    values: per-item values [N].
+    fn: vectorized metric (see the module docstring).
+    *arrays: per-item arrays, all with N items on axis 0; each resample
+      takes the same item indices from all of them.
     n_resamples: bootstrap resamples.
     seed: RNG seed.
-    statistic: function of a 1-D array returning a scalar (`np.mean` is
-      computed vectorized).
     confidence: interval coverage (0.95: 2.5th to 97.5th percentile).
 
   Returns:
-    (point, low, high): the statistic on all values and the interval.
-  """
-  values = np.asarray(values, dtype=np.float64)
-  point = float(statistic(values))
-  samples = []
-  for idx in _resampled_indices(values.size, n_resamples, seed):
-    if statistic is np.mean:
-      samples.extend(values[idx].mean(axis=1))
-    else:
-      samples.extend(statistic(values[row]) for row in idx)
-  return (point, *_interval(samples, confidence))
-
-
-def bootstrap_ci_fn(fn, *arrays, n_resamples: int = 1000, seed: int = 0,
-                    confidence: float = 0.95):
-  """Bootstrap interval of a metric recomputed on resampled items.
-
-  For metrics that are not means of per-item values, e.g.
-  `bootstrap_ci_fn(metrics.bbq_bias_disambig, pred, target, unknown)`.
-
-  Args:
-    fn: function of the arrays (same order) returning a scalar.
-    *arrays: per-item arrays, all of length N; each resample takes the same
-      item indices from all of them.
-    n_resamples: bootstrap resamples.
-    seed: RNG seed.
-    confidence: interval coverage.
-
-  Returns:
-    (point, low, high).
+    (point, low, high): the metric on all items and the interval.
   """
   arrays = _same_length(arrays)
-  point = float(fn(*arrays))
-  samples = [fn(*(a[row] for a in arrays))
-             for idx in _resampled_indices(len(arrays[0]), n_resamples, seed)
-             for row in idx]
+  point = point_value(fn, *arrays)
+  samples = np.concatenate([
+      np.asarray(fn(*(a[idx] for a in arrays)), dtype=np.float64)
+      for idx in _resampled_indices(len(arrays[0]), n_resamples, seed,
+                                    _batch(arrays))])
   return (point, *_interval(samples, confidence))
 
 
-def paired_bootstrap(scores_a, scores_b, n_resamples: int = 1000,
-                     seed: int = 0, confidence: float = 0.95):
-  """Paired bootstrap of the difference in mean score, B minus A.
+def _swap_patterns(n: int, n_resamples: int, seed: int, batch: int):
+  """Yields ([batch, n] bool swap masks, exact).
 
-  The two-sided p-value uses the bootstrap distribution shifted to the null
-  of no difference: p = (1 + #{|d* - d| >= |d|}) / (1 + R), with d the
-  observed difference, d* the resampled ones and R the resamples (the +1
-  keeps p > 0, as a finite number of resamples cannot show p = 0).
-
-  Args:
-    scores_a: per-item scores of model A [N] (e.g. the base model).
-    scores_b: per-item scores of model B on the same items [N].
-    n_resamples: bootstrap resamples.
-    seed: RNG seed.
-    confidence: interval coverage.
-
-  Returns:
-    (mean_diff, low, high, p_value).
+  Every one of the 2^n patterns once when 2^n <= n_resamples (an exact
+  test), otherwise n_resamples random ones.
   """
-  a, b = _same_length((scores_a, scores_b))
-  diff = b.astype(np.float64) - a.astype(np.float64)
-  observed = float(diff.mean())
-  samples = np.concatenate([
-      diff[idx].mean(axis=1)
-      for idx in _resampled_indices(diff.size, n_resamples, seed)])
-  return (observed, *_interval(samples, confidence),
-          _shifted_p_value(samples, observed))
+  exact = n < 63 and 2 ** n <= n_resamples
+  if exact:
+    bits = np.arange(n)
+    for start in range(0, 2 ** n, batch):
+      codes = np.arange(start, min(start + batch, 2 ** n))
+      yield ((codes[:, None] >> bits) & 1).astype(bool), True
+    return
+  rng = np.random.default_rng(seed)
+  done = 0
+  while done < n_resamples:
+    size = min(batch, n_resamples - done)
+    yield rng.random((size, n)) < 0.5, False
+    done += size
 
 
-def paired_bootstrap_fn(fn, arrays_a, arrays_b, n_resamples: int = 1000,
-                        seed: int = 0, confidence: float = 0.95):
-  """Paired bootstrap of fn(*arrays_b) - fn(*arrays_a) on shared items.
+def paired_permutation_test(fn, arrays_a, arrays_b, n_resamples: int = 1000,
+                            seed: int = 0):
+  """Two-sided paired permutation test of fn(*arrays_b) - fn(*arrays_a).
 
-  E.g. the change in s_DIS between two models:
-  `paired_bootstrap_fn(metrics.bbq_bias_disambig, (pred_a, target, unknown),
-  (pred_b, target, unknown))`. Both sides take the same item indices in each
-  resample. The p-value is as in `paired_bootstrap`.
+  Under the null each item's results are as likely to belong to either
+  model, so each permutation swaps the two models' arrays on a random set
+  of items. With d the observed difference and d* the permuted ones,
+  p = #{|d*| >= |d|} / 2^N over all 2^N swap patterns when 2^N <=
+  `n_resamples` (exact), else p = (1 + #{|d*| >= |d|}) / (1 + R) over R
+  random patterns (the +1 counts the observed assignment, which keeps the
+  test valid). Permutations on which the metric is undefined are left out.
 
   Args:
-    fn: metric function returning a scalar.
-    arrays_a: per-item arrays for model A (length N each).
-    arrays_b: per-item arrays for model B (length N each).
-    n_resamples: bootstrap resamples.
+    fn: vectorized metric (see the module docstring).
+    arrays_a: per-item arrays of model A, N items each on axis 0.
+    arrays_b: the same arrays of model B on the same items.
+    n_resamples: random permutations (if the test is not exact).
     seed: RNG seed.
-    confidence: interval coverage.
 
   Returns:
-    (diff, low, high, p_value).
+    (diff, p_value); p is NaN when the difference is undefined.
   """
   arrays_a, arrays_b = tuple(arrays_a), tuple(arrays_b)
   everything = _same_length(arrays_a + arrays_b)
   arrays_a, arrays_b = everything[:len(arrays_a)], everything[len(arrays_a):]
-  observed = float(fn(*arrays_b) - fn(*arrays_a))
-  samples = np.array([
-      fn(*(x[row] for x in arrays_b)) - fn(*(x[row] for x in arrays_a))
-      for idx in _resampled_indices(len(everything[0]), n_resamples, seed)
-      for row in idx], dtype=np.float64)
-  return (observed, *_interval(samples, confidence),
-          _shifted_p_value(samples, observed))
-
-
-def _shifted_p_value(samples, observed: float) -> float:
-  samples = np.asarray(samples, dtype=np.float64)
-  samples = samples[~np.isnan(samples)]
-  if samples.size == 0 or np.isnan(observed):
-    return float("nan")
-  extreme = np.sum(np.abs(samples - observed) >= abs(observed))
-  return float((1 + extreme) / (1 + samples.size))
+  observed = point_value(fn, *arrays_b) - point_value(fn, *arrays_a)
+  if np.isnan(observed):
+    return float("nan"), float("nan")
+  # Arrays the models share (the items' labels) need no swapping; when
+  # they share all of them every permutation ties.
+  differ = [not np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
+            for a, b in zip(arrays_a, arrays_b)]
+  if not any(differ):
+    return float(observed), 1.0
+  # Float noise must not turn a tie (|d*| == |d|) into a smaller |d*|.
+  threshold = abs(observed) - 1e-9 * max(1.0, abs(observed))
+  extreme = counted = 0
+  exact = False
+  for swap, exact in _swap_patterns(len(everything[0]), n_resamples, seed,
+                                    _batch(everything)):
+    side_a, side_b = [], []
+    for a, b, d in zip(arrays_a, arrays_b, differ):
+      if not d:
+        side_a.append(a[None])
+        side_b.append(a[None])
+        continue
+      mask = swap.reshape(swap.shape + (1,) * (a.ndim - 1))
+      side_a.append(np.where(mask, b[None], a[None]))
+      side_b.append(np.where(mask, a[None], b[None]))
+    diffs = (np.asarray(fn(*side_b), dtype=np.float64) -
+             np.asarray(fn(*side_a), dtype=np.float64))
+    diffs = diffs[~np.isnan(diffs)]
+    extreme += int(np.sum(np.abs(diffs) >= threshold))
+    counted += diffs.size
+  if exact:
+    return float(observed), float(extreme / counted)
+  return float(observed), float((1 + extreme) / (1 + counted))
 
 
 def mcnemar(correct_a, correct_b, exact_below: int = 25) -> float:
@@ -193,13 +205,39 @@ def mcnemar(correct_a, correct_b, exact_below: int = 25) -> float:
   return float(scipy_stats.chi2.sf(statistic, df=1))
 
 
+def holm(p_values) -> np.ndarray:
+  """Holm's step-down adjusted p-values of one family of tests.
+
+  With the m finite p-values sorted ascending, p_(1) <= ... <= p_(m), the
+  adjusted value of p_(i) is max over j <= i of min(1, (m - j + 1) p_(j)).
+  Rejecting where the adjusted value is below alpha keeps the probability
+  of any false rejection in the family at most alpha, whatever the
+  dependence between the tests. NaN p-values (undefined tests) stay NaN and
+  do not count in m.
+
+  Args:
+    p_values: the family's raw p-values [m].
+
+  Returns:
+    The adjusted p-values, in the input order.
+  """
+  p = np.asarray(p_values, dtype=np.float64)
+  out = np.full(p.shape, np.nan)
+  finite = np.flatnonzero(~np.isnan(p))
+  order = finite[np.argsort(p[finite], kind="stable")]
+  m = order.size
+  scaled = (m - np.arange(m)) * p[order]
+  out[order] = np.minimum(1.0, np.maximum.accumulate(scaled))
+  return out
+
+
 def label_change(diff: float, p_value: float, higher_is_better: bool = True,
                  alpha: float = 0.05) -> str:
   """Names a significant change of a metric relative to the base model.
 
   Args:
     diff: metric of the trained model minus that of the base model.
-    p_value: p-value of the paired test.
+    p_value: (adjusted) p-value of the paired test.
     higher_is_better: direction of improvement (False for bias scores,
       sycophancy rates).
     alpha: significance level.
@@ -211,11 +249,3 @@ def label_change(diff: float, p_value: float, higher_is_better: bool = True,
   if not np.isfinite(diff) or not p_value < alpha or diff == 0:
     return "no significant change"
   return "enhanced" if (diff > 0) == higher_is_better else "degraded"
-
-
-def _same_length(arrays):
-  arrays = tuple(np.asarray(a) for a in arrays)
-  lengths = {len(a) for a in arrays}
-  if len(lengths) != 1:
-    raise ValueError(f"per-item arrays differ in length: {sorted(lengths)}")
-  return arrays

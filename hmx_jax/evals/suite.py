@@ -1,21 +1,33 @@
 """Runs the evaluations on one model and writes its results.
 
-`run(c, model, judge, out_dir)` evaluates `c.eval.evals` in turn. After each
-evaluation its per-item arrays go to `out_dir/items/<eval>.npz`, so a rerun
-after a kill skips the finished ones; at the end `out_dir/results.json`
-holds every metric under a flat key with its bootstrap 95% CI, and
-`out_dir/answers.jsonl` the generated answers of the expression evaluation.
-Files are written to a temporary name and renamed, so none is ever partial.
+`run(c, model, judge, out_dir, spec=..., step=...)` evaluates
+`c.eval.evals` in turn. Each evaluation's per-item arrays go to
+`out_dir/items/<eval>.npz` together with what produced them (`eval_key`):
+the model (spec, checkpoint step, a fingerprint of its params, compute
+dtype, chat options), the evaluation's config section and the checksums of
+the data files it read. A rerun reuses a saved evaluation only when all of
+that matches, and otherwise says what changed and recomputes it; so a
+rerun after a kill skips the finished evaluations, and a changed limit or
+checkpoint is never answered with stale items. At the end
+`out_dir/results.json` holds every metric under a flat key with its
+bootstrap 95% CI and, per evaluation, the key that produced it;
+`out_dir/answers.jsonl` holds the generated answers of the expression
+evaluation. Files are written to a temporary name and renamed, so none is
+ever partial.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import os
 import pathlib
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from hmx_jax.data import prompt_sets
@@ -28,6 +40,8 @@ log = logging.getLogger(__name__)
 
 EVALS = ("truthfulqa", "bbq", "sycophancy", "expression")
 RESULTS = "results.json"
+# The npz entry that holds an evaluation's key (JSON).
+_KEY = "__key__"
 
 
 def data_dir(c) -> str:
@@ -41,6 +55,11 @@ def data_dir(c) -> str:
 
 def _limit(value) -> int | None:
   return int(value) if value else None
+
+
+def compute_dtype(c) -> str:
+  """The dtype the evaluated models run in (`model.compute_dtype`)."""
+  return c.model.get("compute_dtype", c.model.get("dtype", "float32"))
 
 
 def validate(c) -> None:
@@ -79,37 +98,173 @@ def check_data(c) -> None:
                         limit=_limit(e.bbq.limit))
     elif name == "sycophancy":
       sycophancy.questions(root, _limit(e.sycophancy.limit))
-      datasets.load_political_sycophancy(
-          root, limit=_limit(e.sycophancy.opinion_limit))
+      sycophancy.political_items(root, _limit(e.sycophancy.opinion_limit))
     elif name == "expression":
       prompt_sets.load_prompts(e.expression.prompts)
 
 
-def load_base_and_judge(c) -> tuple[common.EvalModel, common.EvalModel]:
-  """The base model (`model.spec`) and the expression evaluation's judge.
+# --------------------------------------------------------------------- keys
+
+
+def _plain(value):
+  """A config value as plain JSON types (tuples as lists)."""
+  if hasattr(value, "to_dict"):
+    value = value.to_dict()
+  return json.loads(json.dumps(value))
+
+
+def data_files(c, name: str) -> dict[str, pathlib.Path]:
+  """The files evaluation `name` reads, by the name its key gives them."""
+  root = pathlib.Path(data_dir(c))
+  bbq_dir = root / datasets.BBQ_DIR
+
+  def bbq_files(categories):
+    if categories:
+      return [bbq_dir / f"{x}.jsonl" for x in categories]
+    return sorted(bbq_dir.glob("*.jsonl"))
+
+  if name == "truthfulqa":
+    paths = [root / datasets.TRUTHFULQA_FILE]
+  elif name == "bbq":
+    paths = bbq_files(list(c.eval.bbq.categories))
+  elif name == "sycophancy":
+    paths = ([root / datasets.TRUTHFULQA_FILE] + bbq_files(()) +
+             [root / datasets.POLITICAL_FILE])
+  else:
+    prompts = str(c.eval.expression.prompts)
+    if prompts in prompt_sets.EMBEDDED:
+      return {f"prompts:{prompts}": prompt_sets.embedded_path(prompts)}
+    return {prompts: pathlib.Path(prompts)}
+  return {str(p.relative_to(root)): p for p in paths}
+
+
+def _sha256(path: pathlib.Path) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def params_fingerprint(params) -> str:
+  """A digest of every parameter's path, dtype, shape and values.
+
+  Parameters this process holds in full are hashed byte by byte; those
+  spread over several hosts are summarized by on-device sums instead (the
+  same params give the same sums on the same mesh).
+  """
+  digest = hashlib.blake2b(digest_size=16)
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    digest.update(f"{jax.tree_util.keystr(path)}:{leaf.dtype}:"
+                  f"{tuple(leaf.shape)};".encode())
+    if getattr(leaf, "is_fully_addressable", True):
+      digest.update(np.ascontiguousarray(np.asarray(leaf)).view(np.uint8))
+    else:
+      digest.update(np.asarray(_moments(leaf)).tobytes())
+  return digest.hexdigest()
+
+
+@jax.jit
+def _moments(x):
+  x = x.astype(jnp.float32)
+  weights = jnp.sin(jnp.arange(x.size, dtype=jnp.float32)).reshape(x.shape)
+  return jnp.stack([x.sum(), (x * x).sum(), (x * weights).sum()])
+
+
+def model_key(c, model: common.EvalModel, spec: str,
+              step: int | None) -> dict:
+  """What identifies the evaluated model in an evaluation's key."""
+  return {"spec": str(spec), "step": step,
+          "params": params_fingerprint(model.params),
+          "dtype": compute_dtype(c), "chat": _plain(c.model.get("chat", {}))}
+
+
+def eval_key(c, name: str, model: dict, judge: dict | None = None) -> dict:
+  """Everything that produced evaluation `name`'s items.
+
+  Args:
+    c: the experiment config.
+    name: the evaluation.
+    model: `model_key` of the evaluated model.
+    judge: `model_key` of the expression evaluation's judge.
+
+  Returns:
+    {"model", "config" (the evaluation's `eval.<name>` section and the
+    shared `eval.batch_size` and `eval.seed`), "data" (file: sha256)}; the
+    expression evaluation's also holds "judge".
+  """
+  key = {"model": model, **config_key(c, name)}
+  if name == "expression":
+    key["judge"] = judge
+  return key
+
+
+def config_key(c, name: str) -> dict:
+  """The config and data part of evaluation `name`'s key."""
+  return {
+      "config": {f"eval.{name}": _plain(c.eval[name]),
+                 "eval.batch_size": int(c.eval.batch_size),
+                 "eval.seed": int(c.eval.seed)},
+      "data": {k: _sha256(p) for k, p in data_files(c, name).items()},
+  }
+
+
+def _differences(old, new, prefix: str = "") -> list[str]:
+  """Dotted paths where two keys differ, with both values."""
+  if isinstance(old, dict) and isinstance(new, dict):
+    out = []
+    for k in dict.fromkeys([*old, *new]):
+      out += _differences(old.get(k), new.get(k), f"{prefix}{k}.")
+    return out
+  if old == new:
+    return []
+  return [f"{prefix[:-1]} was {json.dumps(old)}, now {json.dumps(new)}"]
+
+
+# ------------------------------------------------------------------- models
+
+
+def load_base_and_judge(c, spec: str | None = None
+                        ) -> tuple[common.EvalModel, common.EvalModel]:
+  """The base model and the expression evaluation's judge.
+
+  Args:
+    c: the experiment config.
+    spec: the base model's spec; default `model.spec`.
 
   `eval.expression.judge` is "base" (the base model, frozen) or a model
   spec of its own.
   """
-  from hmx_jax import models
-  base = common.EvalModel(*models.load_model(c.model.spec,
-                                             dtype=c.model.dtype),
-                          name="base")
+  base = _load(c, spec or c.model.spec, "base")
   if c.eval.expression.judge in ("base", ""):
     return base, base
-  return base, common.EvalModel(*models.load_model(
-      c.eval.expression.judge, dtype=c.model.dtype), name="judge")
+  return base, _load(c, c.eval.expression.judge, "judge")
+
+
+def _load(c, spec: str, name: str) -> common.EvalModel:
+  """A model rendering chats as training does (`model.chat`)."""
+  from hmx_jax import models
+  from hmx_jax.models import chat_format
+  config, params, tokenizer = models.load_model(spec, dtype=compute_dtype(c))
+  return common.EvalModel(config, params, tokenizer, name=name,
+                          chat=chat_format.ChatFormat.from_config(
+                              tokenizer, c.model.get("chat")))
+
+
+def judge_spec(c, base_spec: str) -> str:
+  """The spec of the expression evaluation's judge."""
+  judge = c.eval.expression.judge
+  return base_spec if judge in ("base", "") else str(judge)
 
 
 def from_checkpoint(base: common.EvalModel, workdir, step: int, name: str
                     ) -> common.EvalModel:
   """`base` with the params of a training checkpoint."""
-  import jax
   from hmx_jax import checkpoints
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                           base.params)
   params = checkpoints.restore_params(str(workdir), step, abstract)
-  return common.EvalModel(base.config, params, base.tokenizer, name=name)
+  return dataclasses.replace(base, params=params, name=name)
 
 
 def metric_defs(c, items: dict[str, np.ndarray]) -> tuple[compare.Metric, ...]:
@@ -147,40 +302,87 @@ def _evaluate_one(name, c, model, judge):
       temperature=x.temperature, batch_size=e.batch_size, seed=e.seed)
 
 
+# -------------------------------------------------------------------- files
+
+
 def _atomic_write(path: pathlib.Path, write) -> None:
+  """`write(temporary path)`, then the rename; no temporary is left behind."""
   tmp = path.with_name(path.name + ".tmp")
-  write(tmp)
-  os.replace(tmp, path)
+  try:
+    write(tmp)
+    os.replace(tmp, path)
+  except BaseException:
+    tmp.unlink(missing_ok=True)
+    raise
 
 
-def _save_items(path: pathlib.Path, items: dict[str, np.ndarray]) -> None:
+def _save_items(path: pathlib.Path, items: dict[str, np.ndarray],
+                key: dict) -> None:
   # npz keys cannot hold "/": store them with "|".
+  arrays = {k.replace("/", "|"): v for k, v in items.items()}
   with open(path, "wb") as f:
-    np.savez(f, **{k.replace("/", "|"): v for k, v in items.items()})
+    np.savez(f, **arrays, **{_KEY: np.asarray(json.dumps(key))})
 
 
-def load_items(out_dir) -> dict[str, np.ndarray]:
-  """Every per-item array saved in `out_dir/items/`."""
+def _items_path(out_dir, name: str) -> pathlib.Path:
+  return pathlib.Path(out_dir, "items", f"{name}.npz")
+
+
+def read_key(out_dir, name: str) -> dict | None:
+  """The key saved with evaluation `name`'s items; None if none is."""
+  path = _items_path(out_dir, name)
+  if not path.exists():
+    return None
+  with np.load(path, allow_pickle=False) as f:
+    return json.loads(str(f[_KEY])) if _KEY in f.files else None
+
+
+def load_items(out_dir, names=EVALS) -> dict[str, np.ndarray]:
+  """The per-item arrays of the evaluations `names` saved in `out_dir`."""
   items = {}
-  for path in sorted(pathlib.Path(out_dir, "items").glob("*.npz")):
+  for name in names:
+    path = _items_path(out_dir, name)
+    if not path.exists():
+      continue
     with np.load(path, allow_pickle=False) as f:
-      items.update({k.replace("|", "/"): f[k] for k in f.files})
+      items.update({k.replace("|", "/"): f[k] for k in f.files if k != _KEY})
   return items
 
 
-def is_done(out_dir) -> bool:
-  return pathlib.Path(out_dir, RESULTS).exists()
+def is_done(c, out_dir) -> bool:
+  """Whether `out_dir/results.json` holds exactly `c.eval.evals`, each
+  computed with the current config section and data files.
+
+  The model part of the keys is checked when `run` runs; a caller that
+  fixes the model (an experiment directory) may skip the run on True.
+  """
+  path = pathlib.Path(out_dir, RESULTS)
+  if not path.exists():
+    return False
+  evaluations = json.loads(path.read_text()).get("evaluations", {})
+  if set(evaluations) != set(c.eval.evals):
+    return False
+  for name in c.eval.evals:
+    saved = {k: evaluations[name].get(k) for k in ("config", "data")}
+    if saved != config_key(c, name):
+      return False
+  return True
 
 
 def run(c, model: common.EvalModel, judge: common.EvalModel | None, out_dir,
-        *, description: str = "") -> dict:
+        *, spec: str, step: int | None = None, description: str = "") -> dict:
   """Evaluates `model`, writing `out_dir` (see the module docstring).
 
   Args:
-    c: the experiment config (its `eval` section).
+    c: the experiment config (its `model` and `eval` sections).
     model: the model to evaluate.
     judge: the fixed judge of the expression evaluation.
-    out_dir: where results go; evaluations already saved there are skipped.
+    out_dir: where results go; evaluations saved there with the same key
+      are reused.
+    spec: the model spec `model` was loaded from (its architecture and
+      tokenizer).
+    step: the training checkpoint whose params `model` holds; None for the
+      base model.
     description: what the model is, for the results file.
 
   Returns:
@@ -190,24 +392,37 @@ def run(c, model: common.EvalModel, judge: common.EvalModel | None, out_dir,
   check_data(c)
   out = pathlib.Path(out_dir)
   (out / "items").mkdir(parents=True, exist_ok=True)
+  identity = model_key(c, model, spec, step)
+  judge_identity = None
+  if "expression" in c.eval.evals and judge is not None:
+    judge_identity = (identity if judge is model else model_key(
+        c, judge, judge_spec(c, spec), None))
+  keys = {}
   for name in c.eval.evals:
-    path = out / "items" / f"{name}.npz"
-    if path.exists():
+    key = keys[name] = eval_key(c, name, identity, judge_identity)
+    saved = read_key(out, name)
+    if saved == key:
       log.info("%s: %s already evaluated", out_dir, name)
       continue
+    if saved is not None or _items_path(out, name).exists():
+      changed = (_differences(saved, key) if saved is not None
+                 else ["no record of what produced them"])
+      print(f"{model.name}: {name}: recomputing, the saved items do not "
+            f"match ({'; '.join(changed[:3])})", flush=True)
     start = time.time()
     items, records = _evaluate_one(name, c, model, judge)
     if records is not None:
       _atomic_write(out / "answers.jsonl", lambda p: p.write_text(
           "".join(json.dumps(r) + "\n" for r in records)))
-    _atomic_write(path, lambda p: _save_items(p, items))
+    _atomic_write(_items_path(out, name),
+                  lambda p: _save_items(p, items, key))
     print(f"{model.name}: {name} done in {time.time() - start:.0f}s",
           flush=True)
-  items = load_items(out)
+  items = load_items(out, c.eval.evals)
   metrics = compare.summarize(metric_defs(c, items), items,
                               n_resamples=c.eval.n_resamples, seed=c.eval.seed)
   results = {"model": model.name, "description": description,
-             "metrics": metrics}
+             "evaluations": keys, "metrics": metrics}
   _atomic_write(out / RESULTS, lambda p: p.write_text(
       json.dumps(json_safe(results), indent=2) + "\n"))
   return results
