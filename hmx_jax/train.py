@@ -140,6 +140,8 @@ def check_resume(workdir: str, c: ml_collections.ConfigDict) -> None:
   differ = config_lib.differing_keys(
       saved, c, ignore=lambda k: k in RESUMABLE_KEYS or k.startswith("eval."))
   if differ:
+    # Changed values first, then keys only one of the two configs has.
+    differ.sort(key=lambda d: d[1] is None or d[2] is None)
     details = ", ".join(f"{k} ({a!r} -> {b!r})" for k, a, b in differ[:6])
     raise UserError(f"{workdir} holds a run with a different config: "
                     f"{details}; use a new --workdir")
