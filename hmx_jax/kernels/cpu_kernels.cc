@@ -37,33 +37,55 @@ namespace ffi = xla::ffi;
 namespace {
 
 constexpr int64_t kLanes = 32;  // Output columns per panel.
-constexpr int kMaxRows = 8;     // Rows whose sums stay in registers.
 
-typedef float v16 __attribute__((vector_size(64), aligned(4)));
+// The host's vector registers: kVec floats each, kRegs of them. A vector
+// type wider than the hardware's is lowered through the stack, so the panel
+// row is split into kChunks native vectors.
+#if defined(__AVX512F__)
+constexpr int kVec = 16, kRegs = 32;
+#elif defined(__AVX__)
+constexpr int kVec = 8, kRegs = 16;
+#elif defined(__aarch64__)
+constexpr int kVec = 4, kRegs = 32;
+#else
+constexpr int kVec = 4, kRegs = 16;
+#endif
+constexpr int kChunks = kLanes / kVec;
+// Rows whose partial sums stay in registers (kChunks each), leaving one
+// for the weight vector and one per row for its broadcast x value: 8 rows on
+// AVX-512, 3 on AVX2 and NEON. Further rows read the panel again, from cache.
+constexpr int kMaxRows = std::min(8, (kRegs - 1) / (kChunks + 1));
+
+typedef float vec __attribute__((vector_size(kVec * sizeof(float)),
+                                 aligned(4)));
 
 // y[r, 0:32] = x[r, :] @ panel for R rows; x rows have stride K, y rows ldy.
 template <int R>
 void PanelRows(const float* x, int64_t K, const float* panel, float* y,
                int64_t ldy) {
-  v16 lo[R], hi[R];
+  // Fully unrolled, so that `acc` lives in registers.
+  vec acc[R][kChunks];
+#pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
-    lo[r] = v16{};
-    hi[r] = v16{};
+#pragma GCC unroll 8
+    for (int j = 0; j < kChunks; ++j) acc[r][j] = vec{};
   }
   const float* w = panel;
   for (int64_t k = 0; k < K; ++k, w += kLanes) {
-    v16 w0, w1;
-    std::memcpy(&w0, w, sizeof(v16));
-    std::memcpy(&w1, w + 16, sizeof(v16));
-    for (int r = 0; r < R; ++r) {
-      const float s = x[r * K + k];
-      lo[r] += s * w0;
-      hi[r] += s * w1;
+#pragma GCC unroll 8
+    for (int j = 0; j < kChunks; ++j) {
+      // `vec` is 4-byte aligned: an unaligned load.
+      const vec wj = *reinterpret_cast<const vec*>(w + j * kVec);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) acc[r][j] += x[r * K + k] * wj;
     }
   }
+#pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
-    std::memcpy(y + r * ldy, &lo[r], sizeof(v16));
-    std::memcpy(y + r * ldy + 16, &hi[r], sizeof(v16));
+#pragma GCC unroll 8
+    for (int j = 0; j < kChunks; ++j) {
+      *reinterpret_cast<vec*>(y + r * ldy + j * kVec) = acc[r][j];
+    }
   }
 }
 
@@ -80,7 +102,7 @@ void Panel(const float* x, int64_t M, int64_t K, const float* panel,
       case 5: PanelRows<5>(xm, K, panel, ym, ldy); break;
       case 6: PanelRows<6>(xm, K, panel, ym, ldy); break;
       case 7: PanelRows<7>(xm, K, panel, ym, ldy); break;
-      default: PanelRows<8>(xm, K, panel, ym, ldy); break;
+      default: PanelRows<kMaxRows>(xm, K, panel, ym, ldy); break;
     }
   }
 }

@@ -361,8 +361,8 @@ class Decoder(nn.Module):
   ([layers, B, kv_heads, T, head_dim]) for `update_cache`. With
   `return_hidden`, the final normed hidden states replace the logits so that
   callers can project only the positions they need (`logits_from_hidden`).
-  With `kernels` (`pack_for_decode`), the matmuls, and the attention of a
-  one-token step, run on the CPU decode kernels.
+  With `kernels` (`pack_for_decode`), a one-token step (its matmuls and its
+  attention) runs on the CPU decode kernels; longer inputs ignore them.
   """
   config: ModelConfig
 
@@ -406,7 +406,11 @@ class Decoder(nn.Module):
     windows = jnp.asarray([GLOBAL_WINDOW if w is None else w
                            for w in c.layer_windows()], jnp.int32)
     past = None if cache is None else (cache["k"], cache["v"])
-    if kernels is not None and cache is not None and tokens_BT.shape[1] == 1:
+    if tokens_BT.shape[1] > 1:
+      # Prefill-shaped work is compute-bound: XLA's dots. The kernels stream
+      # the weights once for a few rows, and would read them again per rows.
+      kernels = None
+    if kernels is not None and cache is not None:
       # Decode attention reads the stacked cache itself: no per-layer slice.
       kernels = dataclasses.replace(kernels, cache=cache)
       past = None
