@@ -205,8 +205,11 @@ def _cpu_unless_tpu() -> None:
   except (ImportError, AttributeError, OSError):
     return
   if not chips and not gpu:
-    os.environ["JAX_PLATFORMS"] = "cpu"
+    os.environ["JAX_PLATFORMS"] = "cpu"  # For subprocesses.
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    # jax, imported above, read the environment already.
+    import jax
+    jax.config.update("jax_platforms", "cpu")
 
 
 def _add_export_parser(sub) -> None:

@@ -86,3 +86,24 @@ def test_offline_hub_id_is_a_clear_error():
       capture_output=True, text=True, timeout=180,
       env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
   assert_one_line_error(proc, "example-org/not-a-local-dir", "hub")
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("libtpu") is None,
+                    reason="libtpu is not installed (the tpu extra)")
+def test_no_tpu_attached_keeps_libtpu_unloaded():
+  # With libtpu installed and no TPU, the CLI keeps JAX on the CPU: libtpu is
+  # never mapped into the process (loading it prints warnings and takes a
+  # machine-wide lock). Read from the kernel's view of the process.
+  code = (
+      "import jax\n"  # Imported first, as the CLI's own imports do.
+      "from hmx_jax import cli\n"
+      "cli._cpu_unless_tpu()\n"
+      "print(jax.devices()[0].platform)\n"
+      "print(any('libtpu' in line for line in open('/proc/self/maps')))\n")
+  env = {k: v for k, v in __import__("os").environ.items()
+         if k != "JAX_PLATFORMS"}
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                        text=True, env=env, timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.split() == ["cpu", "False"]
+  assert "TPU" not in proc.stderr, proc.stderr
