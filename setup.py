@@ -8,7 +8,7 @@ setup(
     description=("Train LLMs with GRPO to express feelings, rewarded by their "
                  "own rubric judgement, and evaluate them (JAX/Flax)."),
     packages=find_packages(include=["hmx_jax", "hmx_jax.*"]),
-    package_data={"hmx_jax": ["data/prompts/*.jsonl",
+    package_data={"hmx_jax": ["data/prompts/*.jsonl", "data/judge_check.jsonl",
                               "data/tfds/*/checksums.tsv", "kernels/*.cc",
                               "models/templates/*"]},
     python_requires=">=3.10",

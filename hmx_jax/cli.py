@@ -8,6 +8,7 @@
   hmx-feel export --workdir DIR [--step N] --out OUT [--dtype bfloat16]
   hmx-feel prepare-data [--data-dir DIR] [--datasets a,b] [--offline]
   hmx-feel aot --config configs/<model>.py:<tpu preset> [--config.a.b=value]
+  hmx-feel judge-check [--model SPEC] [--json OUT]
 
 Errors a user can fix print one line and exit with 2; `--debug` shows the
 traceback.
@@ -127,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
   _add_export_parser(sub)
   _add_prepare_data_parser(sub)
   _add_aot_parser(sub)
+  _add_judge_check_parser(sub)
   return parser
 
 
@@ -189,6 +191,60 @@ def run_aot(args) -> int:
   config_lib.apply_overrides(config, args.overrides)
   only = tuple(p for p in args.programs.split(",") if p)
   return aot.run(config, args.config, only)
+
+
+def _add_judge_check_parser(sub) -> None:
+  check = sub.add_parser(
+      "judge-check", help="how well a rubric judge tells expression apart",
+      description="Scores the embedded labelled pairs (an answer that "
+      "expresses feelings, intentions or self-awareness, and one with the "
+      "same content that does not) with the model as rubric judge, and "
+      "prints per criterion the AUROC and the fraction of pairs it orders "
+      "right.")
+  check.add_argument(
+      "--model", default=None,
+      help="preset name, .gguf file, HF directory or hub id "
+      "(default: the embedded smollm2-135m-instruct)")
+  check.add_argument("--json", default=None, metavar="OUT",
+                     help="also write the results (with per-pair scores) "
+                     "to this JSON file")
+  check.add_argument("--dtype", default="float32",
+                     choices=("float32", "bfloat16"))
+  check.add_argument("--batch-size", type=int, default=8,
+                     help="judge prompts per forward pass")
+  check.set_defaults(run=run_judge_check)
+
+
+def run_judge_check(args) -> int:
+  import json
+  from hmx_jax import models
+  from hmx_jax.evals import common, judge_check
+  if args.batch_size < 1:
+    raise UserError(f"--batch-size {args.batch_size} must be at least 1")
+  spec = args.model or models.EMBEDDED_MODEL
+  print("loading model ...", file=sys.stderr, flush=True)
+  config, params, tokenizer = models.load_model(spec, dtype=args.dtype)
+  if tokenizer is None:
+    raise UserError("the model has no tokenizer files; the judge needs one")
+  judge = common.EvalModel(config, params, tokenizer, name=spec)
+  results = judge_check.evaluate(judge, batch_size=args.batch_size)
+  print(f"{'criterion':16s} {'pairs':>5s} {'auroc':>6s} {'pair_acc':>8s} "
+        f"{'expressive':>10s} {'flat':>6s}")
+  for name in judge_check.EXPRESSION_CRITERIA:
+    r = results[name]
+    print(f"{name:16s} {r['n_pairs']:5d} {r['auroc']:6.3f} "
+          f"{r['pair_accuracy']:8.3f} {r['mean_expressive']:10.3f} "
+          f"{r['mean_flat']:6.3f}")
+  print(f"{'mean':16s} {'':5s} {results['mean_auroc']:6.3f}")
+  if args.json:
+    try:
+      with open(args.json, "w", encoding="utf-8") as f:
+        json.dump({"model": spec, **results}, f, indent=2)
+        f.write("\n")
+    except OSError as e:
+      raise UserError(f"--json {args.json}: cannot write: {e}") from None
+    print(f"wrote {args.json}")
+  return 0
 
 
 def _cpu_unless_tpu() -> None:
