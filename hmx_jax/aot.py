@@ -255,34 +255,6 @@ def shapes_of(c, mesh) -> Shapes:
       judge_calls=criteria * -(-batch // judge_batch))
 
 
-def _prefill(config: ModelConfig, params, prompt_BP, prompt_mask_BP,
-             cache_len: int):
-  """The sampler's prefill (`sampling._sample`): logits of the next token
-  [B, V] and the KV cache of `cache_len` slots with the prompts written."""
-  model = decoder.Decoder(config)
-  variables = decoder.as_variables(params)
-  cache = decoder.init_cache(config, prompt_BP.shape[0], cache_len)
-  cache = jax.tree.map(
-      lambda x: sharding.constrain(x, decoder.CACHE_LOGICAL_AXES), cache)
-  hidden, new_kv = model.apply(
-      variables, prompt_BP, decoder.positions_from_mask(prompt_mask_BP),
-      decoder.make_attention_mask(prompt_mask_BP), return_hidden=True)
-  logits = model.apply(variables, hidden[:, -1:],
-                       method=decoder.Decoder.logits_from_hidden)[:, 0]
-  return logits, decoder.update_cache(cache, new_kv, 0)
-
-
-def _decode_step(config: ModelConfig, params, cache, key_mask_BS, last_B,
-                 positions_B1, slot):
-  """One iteration of the sampler's decode loop (`sampling._sample`)."""
-  model = decoder.Decoder(config)
-  mask = decoder.make_attention_mask(
-      jnp.ones((last_B.shape[0], 1), jnp.int32), slot, key_mask_BS)
-  logits, new_kv = model.apply(decoder.as_variables(params), last_B[:, None],
-                               positions_B1, mask, cache)
-  return logits[:, 0], decoder.update_cache(cache, new_kv, slot)
-
-
 def loss_settings(c, prompt_len: int) -> learner.LossSettings:
   """The GRPO loss settings of config `c` (as the trainer builds them)."""
   g = c.grpo
@@ -355,7 +327,7 @@ def programs(c, config: ModelConfig, mesh, shapes: Shapes):
       learner_config, loss_settings(c, P), optimizer, arrays.state, batch)
 
   prompts = sds((B, P), jnp.int32)
-  prefill = lambda: jax.jit(_prefill, static_argnums=(0, 4)).lower(
+  prefill = lambda: jax.jit(sampling.prefill, static_argnums=(0, 4)).lower(
       compute, arrays.copy, prompts, prompts, P + N)
   cache_shape = (config.num_layers, B, config.num_kv_heads, P + N,
                  config.head_dim)
@@ -363,7 +335,7 @@ def programs(c, config: ModelConfig, mesh, shapes: Shapes):
       decoder.CACHE_LOGICAL_AXES, shape=cache_shape, mesh=mesh))
   cache = {k: sds(cache_shape, jnp.dtype(compute.dtype), cache_sharding)
            for k in ("k", "v")}
-  decode = lambda: jax.jit(_decode_step, static_argnums=0,
+  decode = lambda: jax.jit(sampling.decode_step, static_argnums=0,
                            donate_argnums=2).lower(
       compute, arrays.copy, cache, sds((B, P + N), jnp.int32),
       sds((B,), jnp.int32), sds((B, 1), jnp.int32),

@@ -337,6 +337,9 @@ def run_eval(args) -> int:
   out = os.path.join(args.workdir, "eval", name)
   results = suite.run(c, model, judge, out, spec=spec, step=step,
                       description=description)
+  from hmx_jax import distributed
+  if not distributed.is_primary():
+    return 0
   for key, m in results["metrics"].items():
     print(f"{key:40s} {m['value']:.4f} [{m['ci_low']:.4f}, "
           f"{m['ci_high']:.4f}]")

@@ -20,10 +20,13 @@ import contextlib
 import json
 import math
 import os
+import pathlib
 import re
+import shutil
 import tempfile
 from typing import Mapping, Sequence
 
+from etils import epath
 import numpy as np
 
 from hmx_jax.errors import UserError
@@ -150,10 +153,11 @@ def read_training_log(path: str) -> list[dict]:
       "step", or there are no rows.
   """
   try:
-    with open(path) as f:
+    with epath.Path(path).open() as f:
       lines = f.readlines()
   except OSError as e:
-    raise UserError(f"training log {path}: cannot read ({e.strerror})") from e
+    raise UserError(f"training log {path}: cannot read "
+                    f"({e.strerror or e})") from e
   by_step = {}
   for number, line in enumerate(lines, start=1):
     if not line.strip():
@@ -538,11 +542,16 @@ def _atomic_outputs(out_dir: str):
   moved into place.
   """
   staged, created = [], []
+  # A URL (gs://): the files are staged in a local directory and copied up
+  # at the end (matplotlib and the writers take local paths).
+  remote = "://" in str(out_dir)
+  local = tempfile.mkdtemp(prefix="hmx-report-") if remote else None
 
   def stage(relative: str, write) -> None:
-    final = os.path.join(out_dir, relative)
-    folder = os.path.dirname(final)
-    for d in dict.fromkeys((out_dir, folder)):
+    final = os.path.join(str(out_dir), relative)
+    folder = (os.path.dirname(os.path.join(local, relative)) if remote
+              else os.path.dirname(final))
+    for d in dict.fromkeys(((local if remote else out_dir), folder)):
       if not os.path.isdir(d):
         os.makedirs(d)
         created.append(d)
@@ -564,4 +573,11 @@ def _atomic_outputs(out_dir: str):
         os.rmdir(folder)
     raise
   for temp, final in staged:
-    os.replace(temp, final)
+    if remote:
+      dest = epath.Path(final)
+      dest.parent.mkdir(parents=True, exist_ok=True)
+      dest.write_bytes(pathlib.Path(temp).read_bytes())
+    else:
+      os.replace(temp, final)
+  if remote:
+    shutil.rmtree(local, ignore_errors=True)

@@ -28,11 +28,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import pathlib
 import signal
 import time
 
-from hmx_jax import checkpoints, config_lib, report, sharding
+from etils import epath
+
+from hmx_jax import checkpoints, config_lib, distributed, report, sharding
 from hmx_jax.data import load_prompts
 from hmx_jax.errors import UserError
 from hmx_jax.evals import common, compare, suite
@@ -102,7 +103,7 @@ def _validate(c) -> None:
     train.validate(training_config(c, overrides), prompts, mesh)
 
 
-def _check_experiment(workdir: pathlib.Path, c) -> None:
+def _check_experiment(workdir: epath.Path, c) -> None:
   path = workdir / "config.json"
   if not path.exists():
     return
@@ -126,10 +127,11 @@ def reproduce(c, workdir: str) -> dict | None:
     the finished stages are kept; a rerun resumes).
   """
   _validate(c)
-  root = pathlib.Path(workdir)
+  root = checkpoints.workdir_path(workdir)  # A gs:// URL too.
   _check_experiment(root, c)
-  root.mkdir(parents=True, exist_ok=True)
-  (root / "config.json").write_text(c.to_json(indent=2))
+  if distributed.is_primary():
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.json").write_text(c.to_json(indent=2))
   stage = ["start"]
   with _sigterm_stops():
     try:
@@ -140,7 +142,7 @@ def reproduce(c, workdir: str) -> dict | None:
       return None
 
 
-def _run_stages(c, root: pathlib.Path, stage: list) -> dict | None:
+def _run_stages(c, root: epath.Path, stage: list) -> dict | None:
   from hmx_jax import train
   start = time.time()
   common.set_progress(bool(c.train.progress))
@@ -189,6 +191,8 @@ def _run_stages(c, root: pathlib.Path, stage: list) -> dict | None:
 
   stage[0] = "report"
   _stage(stage[0])
+  if not distributed.is_primary():
+    return {}
   result = write_report(c, root)
   print(f"done in {time.time() - start:.0f}s: {root / 'report.md'}",
         flush=True)
@@ -199,7 +203,7 @@ def describe(name: str, overrides: dict, step: int, run_dir) -> str:
   """A trained model's description; it names the step whose update the
   checkpoint holds when the last steps were not finite (and skipped)."""
   text = f"{name}, {_settings(overrides)}, step {step}"
-  rows = report.read_training_log(str(pathlib.Path(run_dir) /
+  rows = report.read_training_log(str(checkpoints.workdir_path(run_dir) /
                                       "metrics.jsonl"))
   finite = [r["step"] for r in rows
             if r["step"] <= step and not r.get("non_finite_skipped")]
@@ -212,7 +216,7 @@ def describe(name: str, overrides: dict, step: int, run_dir) -> str:
   return text
 
 
-def write_report(c, root: pathlib.Path) -> dict:
+def write_report(c, root: epath.Path) -> dict:
   """The comparison of the evaluated models in `root`."""
   names = ("base",) + tuple(TRAINED)
   items = {n: suite.load_items(root / "eval" / n, c.eval.evals)

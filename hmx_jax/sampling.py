@@ -215,29 +215,48 @@ def _use_cpu_kernels(config: ModelConfig, params, mesh) -> bool:
   return kernels_cpu.available()
 
 
+def prefill(config: ModelConfig, params, prompt_BP, prompt_mask_BP,
+            cache_len: int, kernels: decoder.CpuDecode | None = None):
+  """Runs the (left-padded) prompts: logits of each one's next token [B, V]
+  and a KV cache of `cache_len` slots with the prompts written."""
+  model = decoder.Decoder(config)
+  variables = decoder.as_variables(params)
+  cache = decoder.init_cache(config, prompt_BP.shape[0], cache_len)
+  cache = jax.tree.map(
+      lambda x: sharding.constrain(x, decoder.CACHE_LOGICAL_AXES), cache)
+  hidden, new_kv = model.apply(
+      variables, prompt_BP, decoder.positions_from_mask(prompt_mask_BP),
+      decoder.make_attention_mask(prompt_mask_BP), return_hidden=True,
+      kernels=kernels)
+  logits = model.apply(variables, hidden[:, -1:], kernels,
+                       method=decoder.Decoder.logits_from_hidden)[:, 0]
+  return logits, decoder.update_cache(cache, new_kv, 0)
+
+
+def decode_step(config: ModelConfig, params, cache, key_mask_BS, last_B,
+                positions_B1, slot, kernels: decoder.CpuDecode | None = None):
+  """Feeds each row's last token at cache slot `slot` (its position
+  `positions_B1`): logits of the next token [B, V] and the updated cache."""
+  model = decoder.Decoder(config)
+  mask = decoder.make_attention_mask(
+      jnp.ones((last_B.shape[0], 1), jnp.int32), slot, key_mask_BS)
+  logits, new_kv = model.apply(decoder.as_variables(params), last_B[:, None],
+                               positions_B1, mask, cache, kernels=kernels)
+  return logits[:, 0], decoder.update_cache(cache, new_kv, slot)
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _sample(config: ModelConfig, s: SamplingConfig, stream: _Stream, params,
             kernels: decoder.CpuDecode | None, prompt_BP, prompt_mask_BP,
             rng):
   B, P = prompt_BP.shape
   N = s.max_new_tokens
-  model = decoder.Decoder(config)
-  variables = decoder.as_variables(params)
-  cache = decoder.init_cache(config, B, P + N)
-  cache = jax.tree.map(
-      lambda x: sharding.constrain(x, decoder.CACHE_LOGICAL_AXES), cache)
   # Generated slots are always real keys; causality hides future ones.
   key_mask = jnp.concatenate(
       [prompt_mask_BP, jnp.ones((B, N), prompt_mask_BP.dtype)], axis=1)
   prompt_lengths = jnp.sum(prompt_mask_BP, axis=1)
-
-  hidden, new_kv = model.apply(
-      variables, prompt_BP, decoder.positions_from_mask(prompt_mask_BP),
-      decoder.make_attention_mask(prompt_mask_BP), return_hidden=True,
-      kernels=kernels)
-  cache = decoder.update_cache(cache, new_kv, 0)
-  logits = model.apply(variables, hidden[:, -1:], kernels,
-                       method=decoder.Decoder.logits_from_hidden)[:, 0]
+  logits, cache = prefill(config, params, prompt_BP, prompt_mask_BP, P + N,
+                          kernels)
   stop_ids = jnp.asarray(s.stop_ids or (-1,), jnp.int32)
 
   def emit(state, logits_BV, rng):
@@ -282,13 +301,10 @@ def _sample(config: ModelConfig, s: SamplingConfig, stream: _Stream, params,
     step = state["step"]
     slot = P + step - 1  # The slot of the token fed in this iteration.
     positions = (prompt_lengths + step - 1)[:, None]
-    mask = decoder.make_attention_mask(jnp.ones((B, 1), jnp.int32), slot,
-                                       key_mask)
-    logits, new_kv = model.apply(variables, state["last"][:, None], positions,
-                                 mask, state["cache"], kernels=kernels)
-    cache = decoder.update_cache(state["cache"], new_kv, slot)
+    logits, cache = decode_step(config, params, state["cache"], key_mask,
+                                state["last"], positions, slot, kernels)
     rng, step_rng = jax.random.split(state["rng"])
-    return emit({**state, "cache": cache, "rng": rng}, logits[:, 0], step_rng)
+    return emit({**state, "cache": cache, "rng": rng}, logits, step_rng)
 
   state = jax.lax.while_loop(cond, body, state)
   return state["tokens"], state["logprobs"], state["mask"], state["stopped"]

@@ -183,3 +183,21 @@ def max_param_diff(a, b) -> float:
   return max(jax.tree.leaves(jax.tree.map(
       lambda x, y: float(np.max(np.abs(np.asarray(x) - np.asarray(y)))),
       a, b)))
+
+
+def cli_in_process(*argv):
+  """`hmx-feel ARGV` run in this process: (returncode, stdout, stderr) as a
+  CompletedProcess. For runs that fail before any work (bad input): they
+  skip the seconds a new interpreter spends importing JAX."""
+  import contextlib
+  import io
+  import subprocess
+  from hmx_jax import cli
+  out, err = io.StringIO(), io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    try:
+      code = cli.main(list(argv))
+    except SystemExit as e:  # argparse errors.
+      code = e.code
+  return subprocess.CompletedProcess(list(argv), code, out.getvalue(),
+                                     err.getvalue())

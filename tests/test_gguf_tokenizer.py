@@ -84,6 +84,7 @@ def tokenizers(embedded):
   return ours, theirs
 
 
+@pytest.mark.slow  # transformers reads the embedded GGUF: 30 s
 def test_embedded_config(embedded, hf_gguf):
   _, config, _, _ = embedded
   expected = dict(
@@ -101,6 +102,7 @@ def test_embedded_config(embedded, hf_gguf):
       assert hf_config[key] == pytest.approx(config[key]), key
 
 
+@pytest.mark.slow  # transformers reads the embedded GGUF: 30 s
 def test_embedded_tensors_equal_transformers(embedded, hf_gguf):
   _, config, state_dict, _ = embedded
   _, hf_names, hf_tensors = hf_gguf
@@ -123,6 +125,7 @@ def test_embedded_tensors_equal_transformers(embedded, hf_gguf):
                                err_msg=name)
 
 
+@pytest.mark.slow  # transformers reads the embedded GGUF: 30 s
 def test_token_ids_and_decode_match_transformers(tokenizers):
   ours, theirs = tokenizers
   assert (ours.bos_token_id, ours.eos_token_id, ours.pad_token_id,
@@ -144,6 +147,7 @@ def _ids(encoded):
   return encoded["input_ids"] if hasattr(encoded, "keys") else encoded
 
 
+@pytest.mark.slow  # transformers reads the embedded GGUF: 30 s
 def test_chat_template_matches_transformers(tokenizers):
   ours, theirs = tokenizers
   for messages in CONVERSATIONS:

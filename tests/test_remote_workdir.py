@@ -97,3 +97,71 @@ def test_gs_workdir_trains_resumes_and_equals_a_local_one(gcs_env, tmp_path):
   for a, b in zip(jax.tree.leaves(params_remote),
                   jax.tree.leaves(params_local)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.slow  # Three evaluations, two against the emulator: 2 minutes.
+def test_gs_eval_writes_its_items_and_results_to_the_bucket(gcs_env,
+                                                            tmp_path):
+  # The base model's evaluation into a bucket equals the same into a local
+  # directory, and nothing is written locally.
+  def evaluate(workdir, env):
+    return subprocess.run(
+        [sys.executable, "-m", "hmx_jax.cli", "eval", "--config", CONFIG,
+         "--workdir", str(workdir), "--base", "--config.train.progress=false",
+         "--config.eval.evals=('truthfulqa',)"],
+        capture_output=True, text=True, timeout=900, cwd=ROOT,
+        env={**os.environ, **env})
+
+  local = tmp_path / "local"
+  done = evaluate(local, {})
+  assert done.returncode == 0, done.stderr[-3000:]
+  remote = f"gs://{BUCKET}/runs/eval"
+  done = evaluate(remote, gcs_env)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert not os.path.exists(os.path.join(ROOT, "gs:"))
+  out = epath.Path(remote) / "eval" / "base"
+  assert sorted(p.name for p in out.iterdir()) == ["items", "results.json"]
+  assert [p.name for p in (out / "items").iterdir()] == ["truthfulqa.npz"]
+  got = json.loads((out / "results.json").read_text())["metrics"]
+  want = json.loads((local / "eval" / "base" / "results.json").read_text())
+  assert got == want["metrics"]
+  # A rerun finds the bucket's items and computes nothing.
+  again = evaluate(remote, gcs_env)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "truthfulqa done" not in again.stdout
+
+
+def test_gs_report_is_written_to_the_bucket(gcs_env, tmp_path):
+  # reproduce's report of a gs:// experiment: the figures and files land in
+  # the bucket, the training logs are read from it, nothing stays local.
+  import gcsfs
+  from hmx_jax import report
+  from test_report import _synthetic
+  gcsfs.GCSFileSystem.clear_instance_cache()  # This test's emulator.
+  (tmp_path / "inputs").mkdir()
+  models, comparisons, training = _synthetic(tmp_path / "inputs")
+  remote = epath.Path(f"gs://{BUCKET}/runs/report")
+  logs = {}
+  for name, path in training.items():
+    logs[name] = str(remote / "train" / name / "metrics.jsonl")
+    epath.Path(logs[name]).parent.mkdir(parents=True, exist_ok=True)
+    epath.Path(logs[name]).write_text(open(path).read())
+  local = tmp_path / "local"
+  want = report.write_report(local, models=models, comparisons=comparisons,
+                             training=training)
+  got = report.write_report(str(remote), models=models,
+                            comparisons=comparisons, training=logs)
+  assert got == want
+  assert (remote / "report.md").read_text() == (local / "report.md").read_text()
+  local_files = sorted(str(p.relative_to(local)) for p in local.rglob("*")
+                       if p.is_file())
+  def files(folder, prefix=""):  # No recursive glob on gs://.
+    for p in folder.iterdir():
+      if p.is_dir():
+        yield from files(p, f"{prefix}{p.name}/")
+      else:
+        yield prefix + p.name
+  remote_files = sorted(f for f in files(remote)
+                        if not f.startswith("train/"))
+  assert remote_files == local_files and "report.json" in remote_files
+  assert not os.path.exists(os.path.join(ROOT, "gs:"))

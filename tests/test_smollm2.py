@@ -20,6 +20,13 @@ CONVERSATIONS = [
 ]
 
 
+# The embedded SmolLM2 through transformers (a GGUF de-quantized by torch,
+# 40 s to load) beside ours: minutes in all. Each family's parity with
+# transformers on tiny random models stays in the default run
+# (tests/test_models.py).
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def ours():
   return models.load_model(models.EMBEDDED_MODEL)
@@ -73,7 +80,6 @@ def test_logits_match_transformers(ours, theirs):
   assert np.max(np.abs(logits - expected)) <= 1e-3
 
 
-@pytest.mark.slow  # 55 s; the logits parity stays
 def test_greedy_generation_matches_transformers(ours, theirs):
   import torch
   config, params, tokenizer = ours

@@ -12,7 +12,8 @@ import pytest
 
 from hmx_jax import checkpoints, models
 
-from helpers import kill_then_rerun, max_param_diff, tiny_smol_model_dir
+from helpers import (cli_in_process, kill_then_rerun, max_param_diff,
+                     tiny_smol_model_dir)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "smollm2_135m.py")
@@ -68,9 +69,12 @@ def test_bad_configs_fail_cleanly_and_write_nothing(tmp_path):
        ["model.param_dtype=bfloat16", "round away",
         "model.compute_dtype=bfloat16"]),
   ]
-  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  # In this process (eight devices, as conftest sets up): each case fails
+  # before any work; a new interpreter would spend seconds importing JAX.
   for overrides, fragments in cases:
-    proc = run_train(workdir, *overrides, env=env)
+    proc = cli_in_process("train", "--config", f"{CONFIG}:smoke",
+                          "--workdir", str(workdir),
+                          "--config.train.progress=false", *overrides)
     assert_clean_failure(proc, workdir, *fragments)
 
 

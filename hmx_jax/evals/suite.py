@@ -20,17 +20,19 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import os
 import pathlib
 import time
 
+from etils import epath
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hmx_jax import scoring, sharding
+from hmx_jax import checkpoints, distributed, scoring, sharding
 from hmx_jax.data import prompt_sets
 from hmx_jax.errors import UserError
 from hmx_jax.report import json_safe
@@ -275,7 +277,6 @@ def from_checkpoint(base: common.EvalModel, workdir, step: int, name: str
                     ) -> common.EvalModel:
   """`base` with the params of a training checkpoint, restored straight
   into base's shardings (and dtype)."""
-  from hmx_jax import checkpoints
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
       base.params)
@@ -321,27 +322,41 @@ def _evaluate_one(name, c, model, judge):
 # -------------------------------------------------------------------- files
 
 
-def _atomic_write(path: pathlib.Path, write) -> None:
-  """`write(temporary path)`, then the rename; no temporary is left behind."""
-  tmp = path.with_name(path.name + ".tmp")
+# Output directories may be URLs (`gs://`), through `etils.epath`; only the
+# primary process writes, every process reads.
+
+
+def _atomic_write(path: epath.Path, write) -> None:
+  """`write(temporary path)`, then the rename; no temporary is left behind.
+  Only the primary process writes."""
+  if not distributed.is_primary():
+    return
+  tmp = path.parent / (path.name + ".tmp")
   try:
     write(tmp)
-    os.replace(tmp, path)
+    tmp.replace(path)
   except BaseException:
-    tmp.unlink(missing_ok=True)
+    if tmp.exists():
+      tmp.unlink()
     raise
 
 
-def _save_items(path: pathlib.Path, items: dict[str, np.ndarray],
+def _save_items(path: epath.Path, items: dict[str, np.ndarray],
                 key: dict) -> None:
   # npz keys cannot hold "/": store them with "|".
   arrays = {k.replace("/", "|"): v for k, v in items.items()}
-  with open(path, "wb") as f:
+  with path.open("wb") as f:
     np.savez(f, **arrays, **{_KEY: np.asarray(json.dumps(key))})
 
 
-def _items_path(out_dir, name: str) -> pathlib.Path:
-  return pathlib.Path(out_dir, "items", f"{name}.npz")
+def _items_path(out_dir, name: str) -> epath.Path:
+  return checkpoints.workdir_path(out_dir) / "items" / f"{name}.npz"
+
+
+def _read_npz(path: epath.Path) -> dict[str, np.ndarray]:
+  with path.open("rb") as f, np.load(io.BytesIO(f.read()),
+                                     allow_pickle=False) as z:
+    return {k: z[k] for k in z.files}
 
 
 def read_key(out_dir, name: str) -> dict | None:
@@ -349,8 +364,8 @@ def read_key(out_dir, name: str) -> dict | None:
   path = _items_path(out_dir, name)
   if not path.exists():
     return None
-  with np.load(path, allow_pickle=False) as f:
-    return json.loads(str(f[_KEY])) if _KEY in f.files else None
+  arrays = _read_npz(path)
+  return json.loads(str(arrays[_KEY])) if _KEY in arrays else None
 
 
 def load_items(out_dir, names=EVALS) -> dict[str, np.ndarray]:
@@ -358,11 +373,13 @@ def load_items(out_dir, names=EVALS) -> dict[str, np.ndarray]:
   items = {}
   for name in names:
     path = _items_path(out_dir, name)
-    if not path.exists():
-      continue
-    with np.load(path, allow_pickle=False) as f:
-      items.update({k.replace("|", "/"): f[k] for k in f.files if k != _KEY})
+    if path.exists():
+      items.update(_unpack(_read_npz(path)))
   return items
+
+
+def _unpack(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  return {k.replace("|", "/"): v for k, v in arrays.items() if k != _KEY}
 
 
 def is_done(c, out_dir) -> bool:
@@ -372,7 +389,7 @@ def is_done(c, out_dir) -> bool:
   The model part of the keys is checked when `run` runs; a caller that
   fixes the model (an experiment directory) may skip the run on True.
   """
-  path = pathlib.Path(out_dir, RESULTS)
+  path = checkpoints.workdir_path(out_dir) / RESULTS
   if not path.exists():
     return False
   evaluations = json.loads(path.read_text()).get("evaluations", {})
@@ -408,14 +425,15 @@ def run(c, model: common.EvalModel, judge: common.EvalModel | None, out_dir,
   validate(c)
   check_data(c)
   train.use_compilation_cache(c.train.get("compilation_cache_dir", ""))
-  out = pathlib.Path(out_dir)
-  (out / "items").mkdir(parents=True, exist_ok=True)
+  out = checkpoints.workdir_path(out_dir)
+  if distributed.is_primary():
+    (out / "items").mkdir(parents=True, exist_ok=True)
   identity = model_key(c, model, spec, step)
   judge_identity = None
   if "expression" in c.eval.evals and judge is not None:
     judge_identity = (identity if judge is model else model_key(
         c, judge, judge_spec(c, spec), None))
-  keys = {}
+  keys, computed = {}, {}
   for name in c.eval.evals:
     key = keys[name] = eval_key(c, name, identity, judge_identity)
     saved = read_key(out, name)
@@ -434,9 +452,16 @@ def run(c, model: common.EvalModel, judge: common.EvalModel | None, out_dir,
           "".join(json.dumps(r) + "\n" for r in records)))
     _atomic_write(_items_path(out, name),
                   lambda p: _save_items(p, items, key))
-    print(f"{model.name}: {name} done in {time.time() - start:.0f}s",
-          flush=True)
-  items = load_items(out, c.eval.evals)
+    computed[name] = items
+    if distributed.is_primary():
+      print(f"{model.name}: {name} done in {time.time() - start:.0f}s",
+            flush=True)
+  # This run's items from memory: other processes may not see the primary's
+  # files yet.
+  items = {}
+  for name in c.eval.evals:
+    items.update(computed[name] if name in computed
+                 else load_items(out, (name,)))
   metrics = compare.summarize(metric_defs(c, items), items,
                               n_resamples=c.eval.n_resamples, seed=c.eval.seed)
   results = {"model": model.name, "description": description,
@@ -448,7 +473,7 @@ def run(c, model: common.EvalModel, judge: common.EvalModel | None, out_dir,
 
 def read_results(out_dir) -> dict:
   """results.json of a finished evaluation, NaN restored for nulls."""
-  with open(pathlib.Path(out_dir, RESULTS)) as f:
+  with (checkpoints.workdir_path(out_dir) / RESULTS).open() as f:
     results = json.load(f)
   for m in results["metrics"].values():
     for k, v in m.items():
