@@ -273,7 +273,26 @@ def _setup(c, mesh, prompts):
       pad_id=tokenizer.pad_token_id or 0)
   rollout.check_prompt_lengths(run.encoded, c.sampling.max_prompt_len,
                                [p.id for p in prompts])
-  return run, learner.TrainState(params, optimizer.init(params))
+  return run, learner.TrainState(params, _init_opt_state(optimizer, params,
+                                                         mesh))
+
+
+def _init_opt_state(optimizer, params, mesh):
+  """The optimizer state, its moments sharded like the params and its
+  scalars (step counts) replicated over the mesh. Left to `init`, a scalar
+  lives on each process's first device: a restore then commits it there,
+  and the update refuses it on a mesh of several processes."""
+  state = optimizer.init(params)
+  if mesh is None:
+    return state
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+  def place(x):
+    if isinstance(x, jax.Array) and x.ndim == 0:
+      value = np.asarray(x)
+      return jax.make_array_from_callback((), replicated, lambda _: value)
+    return x
+  return jax.tree.map(place, state)
 
 
 def _offline(c) -> bool:
