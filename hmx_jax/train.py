@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 
 from hmx_jax import (chat as chat_lib, checkpoints, config_lib, distributed,
@@ -278,21 +279,22 @@ def _setup(c, mesh, prompts):
 
 
 def _init_opt_state(optimizer, params, mesh):
-  """The optimizer state, its moments sharded like the params and its
-  scalars (step counts) replicated over the mesh. Left to `init`, a scalar
-  lives on each process's first device: a restore then commits it there,
-  and the update refuses it on a mesh of several processes."""
+  """The optimizer state: its moments sharded like the params, the rest
+  (step counts) replicated over the mesh, the rule `aot.abstract_state`
+  compiles with. Left to `init`, a step count lives on each process's first
+  device: a restore then commits it there, and the update refuses it on a
+  mesh of several processes."""
   state = optimizer.init(params)
   if mesh is None:
     return state
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
   def place(x):
-    if isinstance(x, jax.Array) and x.ndim == 0:
-      value = np.asarray(x)
-      return jax.make_array_from_callback((), replicated, lambda _: value)
-    return x
-  return jax.tree.map(place, state)
+    value = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, replicated,
+                                        lambda index: value[index])
+  return optax.tree_map_params(optimizer, lambda x: x, state,
+                               transform_non_params=place)
 
 
 def _offline(c) -> bool:
