@@ -545,13 +545,12 @@ def _atomic_outputs(out_dir: str):
   # A URL (gs://): the files are staged in a local directory and copied up
   # at the end (matplotlib and the writers take local paths).
   remote = "://" in str(out_dir)
-  local = tempfile.mkdtemp(prefix="hmx-report-") if remote else None
+  root = tempfile.mkdtemp(prefix="hmx-report-") if remote else str(out_dir)
 
   def stage(relative: str, write) -> None:
     final = os.path.join(str(out_dir), relative)
-    folder = (os.path.dirname(os.path.join(local, relative)) if remote
-              else os.path.dirname(final))
-    for d in dict.fromkeys(((local if remote else out_dir), folder)):
+    folder = os.path.dirname(os.path.join(root, relative))
+    for d in dict.fromkeys((root, folder)):
       if not os.path.isdir(d):
         os.makedirs(d)
         created.append(d)
@@ -563,21 +562,23 @@ def _atomic_outputs(out_dir: str):
     os.chmod(temp, 0o644)
 
   try:
-    yield stage
-  except BaseException:
-    for temp, _ in staged:
-      with contextlib.suppress(OSError):
-        os.remove(temp)
-    for folder in reversed(created):
-      with contextlib.suppress(OSError):
-        os.rmdir(folder)
-    raise
-  for temp, final in staged:
+    try:
+      yield stage
+    except BaseException:
+      for temp, _ in staged:
+        with contextlib.suppress(OSError):
+          os.remove(temp)
+      for folder in reversed(created):
+        with contextlib.suppress(OSError):
+          os.rmdir(folder)
+      raise
+    for temp, final in staged:
+      if remote:
+        dest = epath.Path(final)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(pathlib.Path(temp).read_bytes())
+      else:
+        os.replace(temp, final)
+  finally:
     if remote:
-      dest = epath.Path(final)
-      dest.parent.mkdir(parents=True, exist_ok=True)
-      dest.write_bytes(pathlib.Path(temp).read_bytes())
-    else:
-      os.replace(temp, final)
-  if remote:
-    shutil.rmtree(local, ignore_errors=True)
+      shutil.rmtree(root, ignore_errors=True)

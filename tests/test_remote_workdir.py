@@ -49,12 +49,16 @@ def gcs_env(monkeypatch):
   server.stop()
 
 
-def train(workdir, env) -> subprocess.CompletedProcess:
+def hmx_feel(command, workdir, env, *args) -> subprocess.CompletedProcess:
   return subprocess.run(
-      [sys.executable, "-m", "hmx_jax.cli", "train", "--config", CONFIG,
-       "--workdir", str(workdir), "--config.train.progress=false"],
+      [sys.executable, "-m", "hmx_jax.cli", command, "--config", CONFIG,
+       "--workdir", str(workdir), "--config.train.progress=false", *args],
       capture_output=True, text=True, timeout=900, cwd=ROOT,
       env={**os.environ, **env})
+
+
+def train(workdir, env) -> subprocess.CompletedProcess:
+  return hmx_feel("train", workdir, env)
 
 
 def rows(path: epath.Path) -> list[dict]:
@@ -105,12 +109,8 @@ def test_gs_eval_writes_its_items_and_results_to_the_bucket(gcs_env,
   # The base model's evaluation into a bucket equals the same into a local
   # directory, and nothing is written locally.
   def evaluate(workdir, env):
-    return subprocess.run(
-        [sys.executable, "-m", "hmx_jax.cli", "eval", "--config", CONFIG,
-         "--workdir", str(workdir), "--base", "--config.train.progress=false",
-         "--config.eval.evals=('truthfulqa',)"],
-        capture_output=True, text=True, timeout=900, cwd=ROOT,
-        env={**os.environ, **env})
+    return hmx_feel("eval", workdir, env, "--base",
+                    "--config.eval.evals=('truthfulqa',)")
 
   local = tmp_path / "local"
   done = evaluate(local, {})
