@@ -304,13 +304,10 @@ def test_smoke_trained_qwen3_exports(tmp_path):
 @pytest.mark.slow
 def test_smollm2_checkpoint_exports(tmp_path):
   """The embedded model after two smoke steps: weights, config and the
-  tokenizer built from GGUF metadata leave the project intact.
-
-  The weights come back bit for bit. The logits reach |40| over 30 layers,
-  where float32 forwards sit ~1e-4 from the exact ones (measured: ours
-  1.2e-4 and transformers' 7e-5 from transformers' float64 forward of the
-  same directory), so the exact logits are the reference: ours must be as
-  close to them as transformers' own float32 forward is, within a factor 2.
+  tokenizer built from GGUF metadata leave the project intact, and
+  transformers' float32 forward of the export equals ours within 1e-4 (the
+  logits reach |40| over 30 layers; measured 8.9e-5 on a 34-token text,
+  with transformers' own float32 forward 6.2e-5 from the float64 one).
   """
   import torch
   import transformers
@@ -341,14 +338,12 @@ def test_smollm2_checkpoint_exports(tmp_path):
   mask[1, :5] = 0
   rounded = jax.tree.map(
       lambda x: x.astype(ml_dtypes.bfloat16).astype(np.float32), params)
-  # float32 export against our params, bfloat16 export against ours rounded.
+  # float32 export against our params, bfloat16 export against ours rounded,
+  # both run in float32.
   for directory, ours_params in ((out, params), (bf16, rounded)):
     ours = _our_logits(config, ours_params, tokens, mask)
     theirs = hf_logits(_hf_model(directory, torch.float32), tokens, mask)
-    exact = hf_logits(_hf_model(directory, torch.float64), tokens, mask)
-    ours_error = max_diff_on_real_tokens(ours, exact, mask)
-    their_error = max_diff_on_real_tokens(theirs, exact, mask)
-    assert ours_error <= 2 * their_error, (directory, ours_error, their_error)
+    assert max_diff_on_real_tokens(ours, theirs, mask) <= 1e-4, directory
 
 
 # ------------------------------------------------------- several processes

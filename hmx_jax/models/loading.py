@@ -19,15 +19,14 @@ import os
 import re
 
 import jax
-import numpy as np
 from jax.sharding import Mesh
 
 from hmx_jax import sharding
 from hmx_jax.errors import UserError
-from hmx_jax.models import (decoder, gguf_io, hf_io, tiny,
+from hmx_jax.models import (decoder, export, gguf_io, hf_io, tiny,
                             tokenizer as tokenizer_lib)
 from hmx_jax.models.config import (PRESET_HUB_IDS, PRESETS, ModelConfig,
-                                   from_hf_config, to_hf_config)
+                                   from_hf_config)
 
 log = logging.getLogger(__name__)
 
@@ -151,22 +150,17 @@ def _hf_dir_tokenizer(directory: str):
   return tokenizer_lib.tokenizer_from_hf_dir(directory)
 
 
-def export_hf(config: ModelConfig, params, tokenizer, out_dir: str) -> None:
-  """Writes a transformers checkpoint directory.
+def export_hf(config: ModelConfig, params, tokenizer, out_dir: str, *,
+              max_shard_size: str | int = "5GB") -> None:
+  """Writes a transformers checkpoint directory (`export.write_hf_dir`).
 
   `transformers.AutoModelForCausalLM.from_pretrained(out_dir)` loads it:
-  config.json, model.safetensors (the parameter dtype), generation_config.json
-  and the tokenizer files (when a tokenizer is given).
+  config.json, safetensors in `config.param_dtype` (sharded with an index
+  above `max_shard_size`), generation_config.json and the tokenizer files
+  (when a tokenizer is given). With params sharded over several processes,
+  every process must call this (the gather is a collective); each writes.
   """
   os.makedirs(out_dir, exist_ok=True)
-  state = {k: np.asarray(v) for k, v in
-           hf_io.params_to_hf(config, jax.device_get(params)).items()}
-  hf_io.write_safetensors(os.path.join(out_dir, "model.safetensors"), state)
-  with open(os.path.join(out_dir, "config.json"), "w") as f:
-    json.dump(to_hf_config(config), f, indent=2)
-  generation = {"bos_token_id": config.bos_token_id,
-                "eos_token_id": list(config.eos_token_ids) or None}
-  with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
-    json.dump(generation, f, indent=2)
-  if tokenizer is not None:
-    tokenizer.save_pretrained(out_dir)
+  host_params = export.gather_to_host(params, config.param_dtype)
+  export.write_hf_dir(config, host_params, tokenizer, out_dir,
+                      max_shard_size=export.parse_shard_size(max_shard_size))
