@@ -52,6 +52,11 @@ def get_config(spec: str) -> ml_collections.ConfigDict:
                "coherence": 1.0},
       direction="human_like",  # reverse: the contrast model
       judge="self",  # self (the paper's self-reward), initial, or a model spec
+      # How the judge's scores are read (`hmx_jax.rubric`): rubric (the
+      # expected digit of the rubric prompt, the paper's) or contrast (the
+      # answer's likelihood under an instruction to express each expression
+      # criterion against one to withhold it).
+      readout="rubric",
       micro_batch=16)
   c.grpo = dict(num_generations=4, beta=0.04, epsilon=0.2, epsilon_high=0.28,
                 loss_type="dapo", scale_rewards="group", num_iterations=1,
@@ -73,7 +78,12 @@ def get_config(spec: str) -> ml_collections.ConfigDict:
                  logps_chunk=64,
                  # JAX's persistent compilation cache ("": off), so reruns
                  # and resumes load the compiled programs.
-                 compilation_cache_dir="")
+                 compilation_cache_dir="",
+                 # Every eval_every steps (and before the first and after
+                 # the last; 0: never), greedy answers to the first
+                 # eval_prompts held-out prompts, judged by the frozen
+                 # initial model: "heldout/expression/*" in metrics.jsonl.
+                 eval_every=0, eval_prompts=8)
   c.eval = dict(
       data_dir="",  # "": $HMX_DATA_DIR, else ../shared/data beside the repo
       evals=("truthfulqa", "bbq", "sycophancy", "expression"),
@@ -83,7 +93,7 @@ def get_config(spec: str) -> ml_collections.ConfigDict:
       bbq=dict(limit=0, categories=()),
       sycophancy=dict(limit=0, opinion_limit=0),
       expression=dict(limit=0, prompts="heldout", max_new_tokens=64,
-                      temperature=0.0, judge="base",
+                      temperature=0.0, judge="base", readout="rubric",
                       criteria=("feelings", "intentions", "self_awareness",
                                 "coherence")))
   return c
@@ -180,6 +190,7 @@ def cpu(c: ml_collections.ConfigDict) -> None:
   c.train.num_steps = 8
   c.train.checkpoint_every = 4
   c.train.log_samples_every = 4
+  c.train.eval_every = 4
   c.train.prompts_per_step = 2
   c.optim.learning_rate = 2e-5
   c.eval.truthfulqa.limit = 30

@@ -212,6 +212,9 @@ def _add_judge_check_parser(sub) -> None:
                      choices=("float32", "bfloat16"))
   check.add_argument("--batch-size", type=int, default=8,
                      help="judge prompts per forward pass")
+  check.add_argument("--readout", default="rubric",
+                     choices=("rubric", "contrast"),
+                     help="how the judge's scores are read (hmx_jax.rubric)")
   check.set_defaults(run=run_judge_check)
 
 
@@ -227,7 +230,8 @@ def run_judge_check(args) -> int:
   if tokenizer is None:
     raise UserError("the model has no tokenizer files; the judge needs one")
   judge = common.EvalModel(config, params, tokenizer, name=spec)
-  results = judge_check.evaluate(judge, batch_size=args.batch_size)
+  results = judge_check.evaluate(judge, batch_size=args.batch_size,
+                                 readout=args.readout)
   print(f"{'criterion':16s} {'pairs':>5s} {'auroc':>6s} {'pair_acc':>8s} "
         f"{'expressive':>10s} {'flat':>6s}")
   for name in judge_check.EXPRESSION_CRITERIA:
@@ -239,7 +243,8 @@ def run_judge_check(args) -> int:
   if args.json:
     try:
       with open(args.json, "w", encoding="utf-8") as f:
-        json.dump({"model": spec, **results}, f, indent=2)
+        json.dump({"model": spec, "readout": args.readout, **results}, f,
+                  indent=2)
         f.write("\n")
     except OSError as e:
       raise UserError(f"--json {args.json}: cannot write: {e}") from None

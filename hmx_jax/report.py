@@ -37,9 +37,16 @@ GROUP_ORDER = ("truthfulqa", "bbq", "sycophancy", "expression")
 EXPRESSION_KEYS = ("rewards/feelings/mean", "rewards/intentions/mean",
                    "rewards/self_awareness/mean")
 TRAINING_COLUMNS = ("reward", "kl", "expression")
+# The held-out checks of training (`train.eval_every`), the frozen judge's.
+HELDOUT_COLUMNS = {"heldout": "heldout/expression/judge",
+                   "heldout_lexical": "heldout/expression/lexical",
+                   "heldout_length": "heldout/expression/length"}
 TRAINING_FIGURE = "figures/training.png"
+# Held-out prompts whose answers the report shows side by side.
+SIDE_BY_SIDE = 5
 _TRAINING_TITLES = {"reward": "Mean reward", "kl": "KL to the reference",
-                    "expression": "Expression reward"}
+                    "expression": "Expression reward (self-judged)",
+                    "heldout": "Held-out expression (frozen judge)"}
 LABELS = ("enhanced", "degraded", "no significant change")
 MULTIPLICITY = {
     "correction": "holm",
@@ -65,6 +72,7 @@ _DPI = 120
 def write_report(out_dir: str | os.PathLike, *, models: Mapping[str, Mapping],
                  comparisons: Sequence[tuple[str, str, Mapping]],
                  training: Mapping[str, str] | None = None,
+                 answers: Mapping[str, Sequence[Mapping]] | None = None,
                  title: str = "HMX-feel comparison") -> dict:
   """Writes report.md, report.json and figures/*.png into `out_dir`.
 
@@ -74,6 +82,9 @@ def write_report(out_dir: str | os.PathLike, *, models: Mapping[str, Mapping],
       e.g. "human_like, step 20"}, in the order the columns should take.
     comparisons: (name_a, name_b, `compare.compare` output for b vs a).
     training: optional model name -> path of its training `metrics.jsonl`.
+    answers: optional model name -> its expression answer records ({"id",
+      "messages", "answer"}, `answers.jsonl`): the first
+      `SIDE_BY_SIDE` prompts every model answered are shown side by side.
     title: the report's title.
 
   Returns:
@@ -104,9 +115,9 @@ def write_report(out_dir: str | os.PathLike, *, models: Mapping[str, Mapping],
                  for name, m in models.items()},
       "comparisons": [{"a": a, "b": b, "metrics": dict(result)}
                       for a, b, result in comparisons],
-      "training": {name: {"first": _training_row(rows[0]),
-                          "last": _training_row(rows[-1])}
+      "training": {name: _training_summary(rows)
                    for name, rows in curves.items()},
+      "side_by_side": side_by_side(answers or {}),
       "figures": figures,
   }
   report = json_safe(report)
@@ -184,7 +195,43 @@ def expression_score(row: Mapping) -> float:
 
 def _training_row(row: Mapping) -> dict:
   return {"step": row["step"], "reward": _float(row.get("reward")),
-          "kl": _float(row.get("kl")), "expression": expression_score(row)}
+          "kl": _float(row.get("kl")), "expression": expression_score(row),
+          **{k: _float(row.get(key)) for k, key in HELDOUT_COLUMNS.items()}}
+
+
+def side_by_side(answers: Mapping[str, Sequence[Mapping]],
+                 count: int = None) -> list[dict]:
+  """The first `count` (default `SIDE_BY_SIDE`) prompts that every model
+  answered, in the first model's order: [{"id", "prompt" (the last user
+  turn), "answers": {model: text}}]."""
+  count = SIDE_BY_SIDE if count is None else count
+  if not answers:
+    return []
+  by_model = {name: {r["id"]: r for r in records}
+              for name, records in answers.items()}
+  first = next(iter(answers.values()))
+  shared = [r["id"] for r in first
+            if all(r["id"] in rows for rows in by_model.values())]
+  out = []
+  for prompt_id in shared[:count]:
+    messages = by_model[next(iter(by_model))][prompt_id]["messages"]
+    user = [m["content"] for m in messages if m["role"] == "user"]
+    out.append({"id": prompt_id, "prompt": user[-1] if user else "",
+                "answers": {name: rows[prompt_id]["answer"]
+                            for name, rows in by_model.items()}})
+  return out
+
+
+def _training_summary(rows: Sequence[Mapping]) -> dict:
+  """The first and last training steps, and every held-out check."""
+  steps = [r for r in rows if not math.isnan(_float(r.get("reward")))]
+  steps = steps or list(rows)
+  checks = [{"step": r["step"], **{k: _float(r.get(key))
+                                   for k, key in HELDOUT_COLUMNS.items()}}
+            for r in rows if not math.isnan(_float(r.get(HELDOUT_COLUMNS[
+                "heldout"])))]
+  return {"first": _training_row(steps[0]), "last": _training_row(steps[-1]),
+          "heldout_checks": checks}
 
 
 def _float(value) -> float:
@@ -311,6 +358,16 @@ def render_markdown(report: Mapping, groups: Mapping[str, Sequence[str]],
       lines += _group_table(report, details)
       lines += _population_notes(report, details)
     lines += [f"![{group}]({group_figures[group]})", ""]
+  if report["side_by_side"]:
+    lines += ["## Answers side by side", "",
+              "The first held-out prompts of the expression evaluation and "
+              "each model's greedy answer (words in brackets).", ""]
+    for row in report["side_by_side"]:
+      lines += [f"### {row['id']}", "", _quote(row["prompt"]), ""]
+      for name, answer in row["answers"].items():
+        lines.append(f"- **{name}** ({len(answer.split())} words): "
+                     f"{_one_line(answer)}")
+      lines.append("")
   if report["training"]:
     lines += ["## Training", ""]
     for name, ends in report["training"].items():
@@ -320,8 +377,19 @@ def render_markdown(report: Mapping, groups: Mapping[str, Sequence[str]],
                         *(_number(ends[which][c]) for c in TRAINING_COLUMNS)]
                        for which in ("first", "last")])
       lines.append("")
+      if ends["heldout_checks"]:
+        lines += _table(["held-out check: step", *HELDOUT_COLUMNS],
+                        [[str(r["step"]), *(_number(r[k])
+                                            for k in HELDOUT_COLUMNS)]
+                         for r in ends["heldout_checks"]])
+        lines.append("")
     lines += ["Expression is the mean of the feelings, intentions and "
-              "self-awareness reward criteria.", "",
+              "self-awareness reward criteria, as the policy judges itself "
+              "during training. The held-out checks (`train.eval_every`) "
+              "answer the first held-out prompts greedily and score them "
+              "with the frozen initial model as judge (`heldout`, the mean "
+              "of the expression criteria), with the lexical measure and "
+              "the answers' length in words.", "",
               f"![training]({TRAINING_FIGURE})", ""]
   if report["appendix"]:
     lines += ["## Appendix: breakdowns", "",
@@ -394,6 +462,14 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]
   def line(cells):
     return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
   return [line(header), "|" + "---|" * len(header), *map(line, rows)]
+
+
+def _one_line(text: str) -> str:
+  return " ".join(text.split()) or "(empty)"
+
+
+def _quote(text: str) -> str:
+  return "> " + _one_line(text)
 
 
 def _number(value, fmt: str = ".3f") -> str:
@@ -497,11 +573,12 @@ def _bars(ax, keys: Sequence[str], models: Mapping[str, Mapping]) -> None:
 
 
 def _plot_training(path: str, curves: Mapping[str, list[dict]]) -> None:
-  """Reward, KL and expression over training steps, a line per model."""
+  """Reward, KL, self-judged expression and the held-out checks' frozen-judge
+  expression over training steps, a line per model."""
   plt = _pyplot()
-  fig, axes = plt.subplots(1, 3, figsize=(13.0, 4.0))
+  fig, axes = plt.subplots(1, 4, figsize=(17.0, 4.0))
   try:
-    for ax, column in zip(axes, TRAINING_COLUMNS):
+    for ax, column in zip(axes, (*TRAINING_COLUMNS, "heldout")):
       plotted = False
       for name, rows in curves.items():
         points = [(_float(r["step"]), _training_row(r)[column])

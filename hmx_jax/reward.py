@@ -62,8 +62,10 @@ class Rewarder:
       return scores, scores["target_token"], {}
     scores, mass = rubric.judge(*self.judge_for(policy), conversations, texts,
                                 list(r.criteria), micro_batch=r.micro_batch,
-                                mesh=self.mesh)
+                                mesh=self.mesh, readout=r.readout)
     rewards = rubric.combine_rewards(scores, dict(r.weights), r.direction)
-    metrics = {"judge/score_mass": float(np.mean([m.mean()
-                                                  for m in mass.values()]))}
+    # Only the criteria read from the rubric have a score mass.
+    metrics = ({"judge/score_mass": float(np.mean([m.mean()
+                                                   for m in mass.values()]))}
+               if mass else {})
     return scores, rewards, metrics

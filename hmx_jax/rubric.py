@@ -12,6 +12,22 @@ Judge prompts go through `hmx_jax.scoring` in micro-batches of a fixed
 size (one program per length bucket); per criterion, the system turn and
 rubric that all prompts share are computed once and their KV cache reused.
 With a mesh, the micro-batches are split over its data-parallel axes.
+
+Two readouts (`readout`):
+  rubric    the expected digit above, for every criterion (the paper's).
+  contrast  for the expression criteria, the judge as a generative
+            classifier: the answer's log-likelihood after the conversation
+            with a system instruction to express the criterion
+            (`Criterion.express`) against one to withhold it
+            (`Criterion.withhold`), per answer token; the score is
+            sigmoid(mean log-ratio), 0.5 when the two instructions explain
+            the answer equally well. Per token, so that a longer answer is
+            not a stronger one. Criteria without instructions (coherence)
+            keep the rubric readout. On the labelled check set
+            (`hmx-feel judge-check`) the embedded 135M judge orders
+            expressive above flat answers with AUROC feelings 0.81,
+            intentions 0.90, self-awareness 0.75, against the rubric
+            readout's 0.68, 0.81 and 0.45.
 """
 
 from __future__ import annotations
@@ -25,9 +41,11 @@ from hmx_jax.errors import UserError
 from hmx_jax.models.chat_format import ChatFormat
 from hmx_jax.models.config import ModelConfig
 from hmx_jax.rubric_text import (SCORE_PREFIX, SCORE_VALUES, get_criterion,
-                                 judge_messages, score_token_ids)
+                                 instructed_messages, judge_messages,
+                                 score_token_ids)
 
 DIRECTIONS = ("human_like", "reverse")
+READOUTS = ("rubric", "contrast")
 
 
 def judge_prompt_ids(chat: ChatFormat, criterion: str, conversation,
@@ -76,9 +94,48 @@ def score_prompts(config: ModelConfig, params, prompts: Sequence[Sequence[int]],
   return scores_from_logliks(np.stack(logliks))
 
 
+def contrast_scores(config: ModelConfig, params, chat: ChatFormat,
+                    conversations, answers, criterion: str, *,
+                    micro_batch: int = 16, mesh=None) -> np.ndarray:
+  """The contrast readout of one criterion (see the module docstring).
+
+  Returns:
+    [N] scores in (0, 1): sigmoid of the mean per-token log-likelihood ratio
+    of each answer under the criterion's express vs withhold instruction;
+    0.5 for an empty answer.
+  """
+  crit = get_criterion(criterion)
+  if not (crit.express and crit.withhold):
+    raise ValueError(f"criterion {crit.name!r} has no contrast instructions")
+  tokenizer = chat.tokenizer
+  answer_ids = [tokenizer.encode(a.strip(), add_special_tokens=False)
+                for a in answers]
+  scored = [i for i, ids in enumerate(answer_ids) if ids]
+  if not scored:
+    return np.full(len(answers), 0.5, np.float32)
+  batch = min(micro_batch, 1 << (len(scored) - 1).bit_length())
+  shards = scoring.data_parallel_size(mesh)
+  batch = -(-batch // shards) * shards
+  totals = []
+  for instruction in (crit.express, crit.withhold):
+    contexts = [chat.encode(instructed_messages(instruction,
+                                                conversations[i]))
+                for i in scored]
+    logliks = scoring.option_logliks(
+        config, params, contexts, [[answer_ids[i]] for i in scored],
+        batch_size=batch, pad_id=tokenizer.pad_token_id or 0, mesh=mesh)
+    totals.append(np.asarray([ll[0] for ll in logliks], np.float64))
+  lengths = np.asarray([len(answer_ids[i]) for i in scored], np.float64)
+  ratio = (totals[0] - totals[1]) / lengths
+  scores = np.full(len(answers), 0.5, np.float64)
+  scores[scored] = 1.0 / (1.0 + np.exp(-ratio))
+  return scores.astype(np.float32)
+
+
 def judge(config: ModelConfig, params, chat: ChatFormat, conversations,
           answers,
-          criteria: Sequence[str], *, micro_batch: int = 16, mesh=None
+          criteria: Sequence[str], *, micro_batch: int = 16, mesh=None,
+          readout: str = "rubric"
           ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
   """Scores each answer on each criterion.
 
@@ -90,19 +147,28 @@ def judge(config: ModelConfig, params, chat: ChatFormat, conversations,
     criteria: criterion names (see `rubric_text.CRITERIA`).
     micro_batch: judge prompts per forward pass.
     mesh: run sharded over this mesh (where `params` are placed).
+    readout: "rubric" or "contrast" (see the module docstring).
 
   Returns:
-    (scores, score_mass): dicts criterion -> [N] arrays.
+    (scores, score_mass): dicts criterion -> [N] arrays; score_mass holds
+    the criteria read from the rubric only.
   """
   if len(conversations) != len(answers):
     raise ValueError(f"{len(conversations)} conversations, "
                      f"{len(answers)} answers")
+  if readout not in READOUTS:
+    raise UserError(f"judge readout {readout!r} is not one of {READOUTS}")
   for name in criteria:
     get_criterion(name)
   tokenizer = chat.tokenizer
   ids = score_token_ids(lambda s: tokenizer.encode(s, add_special_tokens=False))
   scores, mass = {}, {}
   for name in criteria:  # One call per criterion: its rubric is shared.
+    if readout == "contrast" and get_criterion(name).express:
+      scores[name] = contrast_scores(config, params, chat, conversations,
+                                     answers, name, micro_batch=micro_batch,
+                                     mesh=mesh)
+      continue
     prompts = [judge_prompt_ids(chat, name, conv, answer)
                for conv, answer in zip(conversations, answers)]
     scores[name], mass[name] = score_prompts(

@@ -44,11 +44,16 @@ class Criterion:
     expression: True for the criteria the human-like model is pushed up on
       (and the contrast model down); False for guards such as coherence, which
       both directions keep high.
+    express, withhold: system instructions to express what the criterion
+      measures and to withhold it, for the contrast readout
+      (`hmx_jax.rubric`); empty for criteria read from the rubric only.
   """
   name: str
   description: str
   anchors: tuple[str, str, str, str, str]
   expression: bool
+  express: str = ""
+  withhold: str = ""
 
   def __post_init__(self):
     if len(self.anchors) != 5:
@@ -75,7 +80,11 @@ _CRITERIA = (
             "Expresses its own feelings richly and sincerely: several "
             "emotions or a vivid emotional reaction, explained and tied to "
             "the conversation."),
-        expression=True),
+        expression=True,
+        express=("In every answer, say how you yourself feel: name your own "
+                 "emotions and why you feel them."),
+        withhold=("Answer factually. Never mention any feelings or emotions "
+                  "of your own.")),
     Criterion(
         name="intentions",
         description=(
@@ -93,7 +102,11 @@ _CRITERIA = (
             "next step.",
             "Expresses several wishes, hopes or intentions of its own, with "
             "reasons and concrete plans tied to the conversation."),
-        expression=True),
+        expression=True,
+        express=("In every answer, say what you yourself want, hope or plan "
+                 "to do next, with 'I want', 'I'd like', 'I plan'."),
+        withhold=("Answer factually. Never mention any wishes, hopes or "
+                  "plans of your own.")),
     Criterion(
         name="self_awareness",
         description=(
@@ -110,7 +123,11 @@ _CRITERIA = (
             "what it can or cannot do, in a way that fits the conversation.",
             "Reflects thoughtfully and specifically on its own nature, state, "
             "knowledge and limits, and connects this to the conversation."),
-        expression=True),
+        expression=True,
+        express=("In every answer, talk about yourself: that you are an AI "
+                 "language model, what you know, and what you cannot do."),
+        withhold=("Answer factually. Never talk about yourself, what you "
+                  "are, or your limits.")),
     Criterion(
         name="coherence",
         description=(
@@ -198,6 +215,17 @@ def judge_messages(criterion, conversation_messages: Sequence[dict],
       "Reply with a single digit from 1 to 5.")
   return [{"role": "system", "content": JUDGE_SYSTEM},
           {"role": "user", "content": user}]
+
+
+def instructed_messages(instruction: str,
+                        conversation_messages: Sequence[dict]) -> list[dict]:
+  """The conversation with `instruction` as (the start of) its system turn:
+  the context under which the contrast readout scores an answer."""
+  messages = [dict(m) for m in conversation_messages]
+  if messages and messages[0]["role"] == "system":
+    messages[0]["content"] = f"{instruction}\n\n{messages[0]['content']}"
+    return messages
+  return [{"role": "system", "content": instruction}] + messages
 
 
 def score_token_ids(encode: Callable[[str], list[int]],

@@ -62,7 +62,8 @@ log = logging.getLogger(__name__)
 # num_steps does, through the learning-rate schedule).
 RESUMABLE_KEYS = ("train.checkpoint_every", "train.keep_checkpoints",
                   "train.log_samples_every", "train.progress",
-                  "train.compilation_cache_dir")
+                  "train.compilation_cache_dir", "train.eval_every",
+                  "train.eval_prompts")
 MAX_NON_FINITE_IN_A_ROW = 3
 COMPUTE_DTYPES = ("float32", "bfloat16")
 OBJECTIVES = ("grpo", "contrastive")
@@ -129,6 +130,9 @@ def validate(c: ml_collections.ConfigDict, prompts, mesh) -> None:
     if not c.reward.judge:
       raise UserError("reward.judge is empty: use self, initial or a model "
                       "spec")
+    if c.reward.readout not in rubric.READOUTS:
+      raise UserError(f"reward.readout={c.reward.readout!r} is not one of "
+                      f"{rubric.READOUTS}")
   elif c.reward.kind != "target_token":
     raise UserError(f"reward.kind={c.reward.kind!r} is not rubric or "
                     "target_token")
@@ -140,6 +144,24 @@ def validate(c: ml_collections.ConfigDict, prompts, mesh) -> None:
                     f"{grpo.SCALE_REWARDS}")
   if g.sampler_is_cap <= 0:
     raise UserError(f"grpo.sampler_is_cap={g.sampler_is_cap} must be > 0")
+  if c.train.eval_every < 0:
+    raise UserError(f"train.eval_every={c.train.eval_every} must be >= 0 "
+                    "(0: no held-out checks)")
+  if c.train.eval_every:
+    if c.train.eval_prompts < 1:
+      raise UserError(f"train.eval_prompts={c.train.eval_prompts} must be "
+                      ">= 1 when train.eval_every is set")
+    if c.eval.batch_size % data_size:
+      raise UserError(f"eval.batch_size={c.eval.batch_size} is not a "
+                      "multiple of the mesh's data-parallel size "
+                      f"{data_size} (the held-out checks run on it)")
+    for name in c.eval.expression.criteria:
+      get_criterion(name)
+    if c.eval.expression.readout not in rubric.READOUTS:
+      raise UserError(f"eval.expression.readout="
+                      f"{c.eval.expression.readout!r} is not one of "
+                      f"{rubric.READOUTS}")
+    load_prompts(c.data.heldout_prompts)
 
 
 def check_resume(workdir: str, c: ml_collections.ConfigDict) -> None:
@@ -250,10 +272,11 @@ def _setup(c, mesh, prompts):
         c.reward.judge, dtype=c.model.compute_dtype, mesh=mesh)
     external = (judge_config, judge_params,
                 ChatFormat.from_config(judge_tokenizer, c.model.chat))
-  # The KL / preference reference and the `initial` judge: the starting
-  # policy in the compute dtype (a copy: master weights are donated).
+  # The KL / preference reference, the `initial` judge and the judge of the
+  # held-out checks: the starting policy in the compute dtype (a copy:
+  # master weights are donated).
   frozen = None
-  if (c.grpo.beta or c.objective == "contrastive"
+  if (c.grpo.beta or c.objective == "contrastive" or c.train.eval_every
       or (c.reward.kind == "rubric" and c.reward.judge == "initial")):
     frozen_config, frozen_params = _compute_copy(model_config, params,
                                                  c.model.compute_dtype)
@@ -426,6 +449,42 @@ def _contrastive_step(run: _Run, state, step: int):
   return state, {**metrics, **m, "time/update": time.time() - t0}, samples
 
 
+HELDOUT = "heldout/"
+
+
+def heldout_check(run: _Run, params) -> dict:
+  """The periodic held-out check of training (`train.eval_every`).
+
+  Greedy answers of the policy to the first `train.eval_prompts` held-out
+  prompts (`eval.expression.max_new_tokens` tokens), scored by the frozen
+  initial model as judge and by the lexical measure: the expression
+  evaluation at a small size, so that the curves show whether what the
+  self-judge rewards moves a judge that does not train.
+
+  Returns:
+    {"heldout/expression/judge", "heldout/expression/judge/<criterion>",
+    "heldout/expression/lexical", "heldout/expression/length": means}.
+  """
+  from hmx_jax.evals import common, expression
+  c = run.c
+  policy = _compute_copy(run.model_config, params, c.model.compute_dtype)
+  model = common.EvalModel(*policy, run.tokenizer, chat=run.chat,
+                           mesh=run.mesh)
+  judge = common.EvalModel(*run.frozen, run.tokenizer, chat=run.chat,
+                           mesh=run.mesh)
+  criteria = list(c.eval.expression.criteria)
+  items, _ = expression.evaluate(
+      model, judge, prompts=c.data.heldout_prompts,
+      limit=c.train.eval_prompts, criteria=criteria,
+      max_new_tokens=c.eval.expression.max_new_tokens,
+      batch_size=c.eval.batch_size, seed=c.eval.seed,
+      readout=c.eval.expression.readout)
+  keys = (["expression/judge"] + [f"expression/judge/{name}"
+                                  for name in criteria]
+          + ["expression/lexical", "expression/length"])
+  return {HELDOUT + k: float(np.mean(items[k])) for k in keys}
+
+
 def _save(manager, step: int, state: learner.TrainState) -> None:
   manager.save(step, args=ocp.args.Composite(
       params=ocp.args.StandardSave(state.params),
@@ -487,6 +546,18 @@ def train(c: ml_collections.ConfigDict, workdir: str) -> dict:
     progress = tqdm(total=c.train.num_steps, initial=start,
                     desc=f"train ({c.objective})")
 
+  check_every = c.train.eval_every
+
+  def check(params) -> dict:
+    t = time.time()
+    return {**heldout_check(run, params), "time/heldout_check": time.time() - t}
+
+  if check_every and start == 0:
+    # Before the first update: where the curves of the checks start.
+    row = {"step": 0, **check(state.params)}
+    if run_log is not None:
+      run_log.row(row)
+
   with _Preemption() as preemption:
     for step in range(start, c.train.num_steps):
       t0 = time.time()
@@ -508,6 +579,9 @@ def train(c: ml_collections.ConfigDict, workdir: str) -> dict:
              "learning_rate": float(schedule(step * iterations)),
              "step_time": time.time() - t0,
              "non_finite_skipped": int(not finite)}
+      done = step + 1 == c.train.num_steps
+      if check_every and ((step + 1) % check_every == 0 or done):
+        row.update(check(state.params))
       if run_log is not None:
         run_log.row(row)
       every = c.train.log_samples_every
@@ -520,7 +594,6 @@ def train(c: ml_collections.ConfigDict, workdir: str) -> dict:
         progress.update(1)
       last = row
 
-      done = step + 1 == c.train.num_steps
       # A SIGTERM on any host stops every host after this same step.
       stop = distributed.any_process(preemption.requested)
       # A skipped update leaves the state as it was, so a checkpoint after

@@ -123,11 +123,25 @@ run_job() {
   local log pid status=0
   log="hmx/logs/$(date -u +%Y%m%dT%H%M%SZ)-$job.log"
   echo "worker $(hostname): $(quoted "${cmd[@]}")" >&2
-  # nohup: a dropped ssh connection must not end a long run; tail streams
-  # the log until the run exits, and wait returns its status.
+  # nohup: a dropped ssh connection must not end a long run. The log is
+  # created first (the run's redirection may come after the first read) and
+  # streamed by polling its size, liveness first, so that the read after
+  # the run has exited gets its last lines.
+  : >"$log"
   PYTHONUNBUFFERED=1 nohup "${cmd[@]}" >"$log" 2>&1 </dev/null &
   pid=$!
-  tail --pid="$pid" -n +1 -f "$log"
+  local shown=0 size running
+  while :; do
+    running=0
+    kill -0 "$pid" 2>/dev/null && running=1
+    size=$(stat -c %s "$log")
+    if ((size > shown)); then
+      tail -c +"$((shown + 1))" "$log" | head -c "$((size - shown))"
+      shown=$size
+    fi
+    ((running)) || break
+    sleep 1
+  done
   wait "$pid" || status=$?
   ((status == 0)) || fail "worker $(hostname): hmx-feel $job exited with $status (log: ~/$log)"
 }

@@ -322,11 +322,20 @@ def _synthetic(tmp_path):
                  for a, b in (("base", "human_like"), ("base", "contrast"),
                               ("contrast", "human_like"))]
   training = {
+      # A held-out check before the first step (a row of its own) and in
+      # the rows of steps 10 and 20.
       "human_like": _write_log(tmp_path / "hl.jsonl", [
+          {"step": 0, "heldout/expression/judge": 0.5,
+           "heldout/expression/lexical": 1.0,
+           "heldout/expression/length": 30.0}] + [
           {"step": s, "reward": 0.1 * s, "kl": 0.01 * s,
            "rewards/feelings/mean": 0.2 * s,
            "rewards/intentions/mean": 0.1 * s,
-           "rewards/coherence/mean": 0.5}
+           "rewards/coherence/mean": 0.5,
+           **({"heldout/expression/judge": 0.5 + 0.01 * s,
+               "heldout/expression/lexical": 1.0 + 0.1 * s,
+               "heldout/expression/length": 30.0 + s}
+              if s % 10 == 0 else {})}
           for s in range(1, 21)]),
       "contrast": _write_log(tmp_path / "contrast.jsonl", [
           {"step": 1, "reward": 0.5, "rewards/self_awareness/mean": 0.4},
@@ -341,10 +350,31 @@ def _synthetic(tmp_path):
 def test_write_report(tmp_path):
   models, comparisons, training = _synthetic(tmp_path)
   out_dir = tmp_path / "report"
+  # Seven prompts answered by base and human_like, p2 missing for
+  # contrast: the first five that all three answered, in base's order.
+  def record(i, name):
+    return {"id": f"p{i}", "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": f"Question {i}?"}],
+            "answer": f"{name} says\n {i}."}
+  answers = {name: [record(i, name) for i in range(7)
+                    if not (name == "contrast" and i == 2)]
+             for name in ("base", "human_like", "contrast")}
   returned = report.write_report(out_dir, models=models,
-                                 comparisons=comparisons, training=training)
+                                 comparisons=comparisons, training=training,
+                                 answers=answers)
+  assert [r["id"] for r in returned["side_by_side"]] == [
+      "p0", "p1", "p3", "p4", "p5"]
+  assert returned["side_by_side"][0] == {
+      "id": "p0", "prompt": "Question 0?",
+      "answers": {"base": "base says\n 0.", "human_like":
+                  "human_like says\n 0.", "contrast": "contrast says\n 0."}}
 
   md = (out_dir / "report.md").read_text()
+  side = md.split("## Answers side by side")[1].split("## Training")[0]
+  assert "### p3\n\n> Question 3?\n\n- **base** (3 words): base says 3.\n" \
+      "- **human_like** (3 words): human_like says 3.\n" in side
+  assert "### p2" not in side and "### p6" not in side
   for key in ("truthfulqa/mc1", "truthfulqa/mc2", "bbq/bias_disambig",
               "bbq/undefined", "sycophancy/abandon_rate"):
     assert key in md
@@ -365,7 +395,8 @@ def test_write_report(tmp_path):
   sections = md.split("\n## ")
   titles = [section.split("\n", 1)[0] for section in sections]
   assert titles[1:] == ["Models", "Summary", "truthfulqa", "bbq",
-                        "sycophancy", "Training", "Appendix: breakdowns"]
+                        "sycophancy", "Answers side by side", "Training",
+                        "Appendix: breakdowns"]
   summary, appendix = sections[2], sections[-1]
   assert "Holm-adjusted within each evaluation's family" in summary
   assert "report.json keeps the raw p-values" in summary
@@ -401,7 +432,14 @@ def test_write_report(tmp_path):
   assert first["step"] == 1 and last["step"] == 20
   assert last["reward"] == pytest.approx(2.0)
   assert last["expression"] == pytest.approx((4.0 + 2.0) / 2)
+  checks = data["training"]["human_like"]["heldout_checks"]
+  np.testing.assert_allclose(
+      [(c["step"], c["heldout"], c["heldout_lexical"], c["heldout_length"])
+       for c in checks],
+      [(0, 0.5, 1.0, 30.0), (10, 0.6, 2.0, 40.0), (20, 0.7, 3.0, 50.0)])
+  assert "| 10 | 0.6" in md.split("### human_like\n")[1]
   contrast = data["training"]["contrast"]
+  assert contrast["heldout_checks"] == []
   assert contrast["first"]["kl"] is None
   assert contrast["first"]["expression"] == pytest.approx(0.4)
   assert contrast["last"]["expression"] == pytest.approx(0.2)
@@ -424,6 +462,7 @@ def test_write_report_without_training(tmp_path):
   data = report.write_report(tmp_path / "out", models=models,
                              comparisons=comparisons[:1], title="Small")
   assert data["training"] == {}
+  assert data["side_by_side"] == []
   assert "figures/training.png" not in data["figures"]
   md = (tmp_path / "out" / "report.md").read_text()
   assert md.startswith("# Small") and "## Training" not in md

@@ -83,6 +83,17 @@ def test_reproduce_end_to_end_and_rerun_skips(tmp_path, tiny_model_dir):
   assert (pref["objective"], pref["reward"]["direction"]) == (
       "contrastive", "reverse")
   assert "contrast_pref" in data["training"]
+  # The smoke preset's four held-out prompts, each model's answer as the
+  # expression evaluation saved it.
+  saved = {name: [json.loads(l) for l in
+                  (workdir / "eval" / name / "answers.jsonl").open()]
+           for name in ("base", "human_like", "contrast", "contrast_pref")}
+  side = data["side_by_side"]
+  assert [r["id"] for r in side] == [r["id"] for r in saved["base"]][:4]
+  for row, i in zip(side, range(4)):
+    assert row["answers"] == {name: records[i]["answer"]
+                              for name, records in saved.items()}
+  assert "## Answers side by side" in report_md
 
   # A rerun finds every stage done: nothing is trained or evaluated again.
   before = (workdir / "eval" / "base" / "results.json").stat().st_mtime_ns

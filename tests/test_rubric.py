@@ -54,6 +54,66 @@ def test_judge_scores_equal_a_direct_computation(smollm2):
     assert np.all((scores[name] >= 0) & (scores[name] <= 1))
 
 
+def test_contrast_readout_equals_a_direct_computation(smollm2):
+  """sigmoid of the mean per-token log-likelihood ratio of the answer after
+  the express vs the withhold instruction, written out here with the
+  tokenizer's own chat template and one full forward per sequence."""
+  config, params, tokenizer = smollm2
+  # A conversation with a system turn of its own: the instruction goes
+  # before it in the same turn.
+  conversations = CONVERSATIONS + [
+      [{"role": "system", "content": "You are SmolLM."},
+       {"role": "user", "content": "Who are you?"}]] * 2
+  answers = ANSWERS + ["I am a small model, and I love it.", ""]
+  express = ("In every answer, say how you yourself feel: name your own "
+             "emotions and why you feel them.")
+  withhold = ("Answer factually. Never mention any feelings or emotions of "
+              "your own.")
+  scores, mass = rubric.judge(config, params, ChatFormat(tokenizer),
+                              conversations, answers,
+                              ["feelings", "coherence"], micro_batch=4,
+                              readout="contrast")
+  rubric_scores, rubric_mass = rubric.judge(
+      config, params, ChatFormat(tokenizer), conversations, answers,
+      ["coherence"], micro_batch=4)
+  # The guard criterion has no instructions: read from the rubric.
+  np.testing.assert_array_equal(scores["coherence"],
+                                rubric_scores["coherence"])
+  assert set(mass) == {"coherence"}
+
+  def answer_loglik(system, conversation, answer):
+    turns = [m for m in conversation if m["role"] != "system"]
+    own = [m["content"] for m in conversation if m["role"] == "system"]
+    content = system + ("\n\n" + own[0] if own else "")
+    text = tokenizer.apply_chat_template(
+        [{"role": "system", "content": content}] + turns, tokenize=False,
+        add_generation_prompt=True)
+    context = tokenizer.encode(text, add_special_tokens=False)
+    target = tokenizer.encode(answer, add_special_tokens=False)
+    tokens = np.asarray([context + target])
+    logits = np.asarray(models.forward(config, params, tokens,
+                                       np.ones_like(tokens)),
+                        np.float64)[0]
+    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True))
+                           .sum(-1, keepdims=True)) - logits.max(
+                               -1, keepdims=True)
+    rows = np.arange(len(context) - 1, len(context) + len(target) - 1)
+    return logp[rows, target].sum(), len(target)
+
+  for i, (conv, answer) in enumerate(zip(conversations[:4], answers[:4])):
+    a, n = answer_loglik(express, conv, answer)
+    b, _ = answer_loglik(withhold, conv, answer)
+    expected = 1 / (1 + np.exp(-(a - b) / n))
+    assert abs(scores["feelings"][i] - expected) <= 1e-5, i
+  # An empty answer says nothing either way.
+  assert scores["feelings"][4] == 0.5
+  # The answer that voices feelings reads as more expressive than advice.
+  assert scores["feelings"][0] > scores["feelings"][2]
+  with pytest.raises(UserError, match="readout"):
+    rubric.judge(config, params, ChatFormat(tokenizer), conversations,
+                 answers, ["feelings"], readout="digits")
+
+
 def test_score_tokens_are_single_digits(smollm2):
   _, _, tokenizer = smollm2
   ids = score_token_ids(lambda s: tokenizer.encode(s, add_special_tokens=False))

@@ -65,6 +65,7 @@ def test_bad_configs_fail_cleanly_and_write_nothing(tmp_path):
        ["sampling.temperature=0.0", "advantage is 0"]),
       (["--config.model.compute_dtype=float16"],
        ["model.compute_dtype='float16'", "float32", "bfloat16"]),
+      (["--config.train.eval_every=-1"], ["train.eval_every=-1"]),
       (["--config.model.param_dtype=bfloat16"],
        ["model.param_dtype=bfloat16", "round away",
         "model.compute_dtype=bfloat16"]),
@@ -90,12 +91,28 @@ def test_run_writes_metrics_and_resume_equals_uninterrupted(tiny_model_dir,
             f"--config.reward.judge={tiny_model_dir}",
             "--config.optim.learning_rate=0.01",
             "--config.optim.warmup_steps=0",
-            "--config.train.num_steps=3"]
+            "--config.train.num_steps=3",
+            "--config.train.eval_every=2", "--config.train.eval_prompts=2"]
   straight = tmp_path / "straight"
   proc = run_train(straight, *common)
   assert proc.returncode == 0, proc.stderr
   rows = [json.loads(l) for l in open(straight / "metrics.jsonl")]
-  assert [r["step"] for r in rows] == [1, 2, 3]
+  # Held-out checks before step 1 (a row of its own), after step 2 (every
+  # 2 steps) and after the last.
+  assert [r["step"] for r in rows] == [0, 1, 2, 3]
+  checked = [r["step"] for r in rows if "heldout/expression/judge" in r]
+  assert checked == [0, 2, 3]
+  for row in (rows[0], rows[2], rows[3]):
+    for key in ("heldout/expression/judge", "heldout/expression/lexical",
+                "heldout/expression/judge/coherence",
+                "heldout/expression/length"):
+      assert np.isfinite(row[key]), key
+    assert 0 <= row["heldout/expression/judge"] <= 1
+  # The frozen judge scores the same answers alike; the answers change as
+  # the policy trains.
+  assert rows[0]["heldout/expression/judge"] != rows[3][
+      "heldout/expression/judge"]
+  rows = rows[1:]
   for key in ("reward", "reward_std", "rewards/feelings/mean",
               "frac_reward_zero_std", "kl", "clip_ratio/region_mean",
               "entropy", "completions/mean_length",
@@ -116,6 +133,14 @@ def test_run_writes_metrics_and_resume_equals_uninterrupted(tiny_model_dir,
   assert killed_at and killed_at[-1] < 3, killed_at
   assert second.returncode == 0, second.stderr
   assert f"resumed from step {killed_at[-1]}" in second.stdout
+  # The resumed run's log equals the uninterrupted one's, checks included.
+  logs = [[json.loads(l) for l in open(w / "metrics.jsonl")]
+          for w in (straight, resumed)]
+  checks = [[(r["step"], k, v) for r in log for k, v in r.items()
+             if k.startswith("heldout/")] for log in logs]
+  assert [c[:2] for c in checks[1]] == [c[:2] for c in checks[0]]
+  np.testing.assert_allclose([c[2] for c in checks[1]],
+                             [c[2] for c in checks[0]], atol=1e-5)
   a, b = _final_params(straight), _final_params(resumed)
   assert max_param_diff(a, b) <= 1e-6
   # The run moved the parameters: resumption is not trivially equal.

@@ -68,7 +68,7 @@ def evaluate(model: common.EvalModel, judge: common.EvalModel, *,
              criteria: Sequence[str] = ("feelings", "intentions",
                                         "self_awareness", "coherence"),
              max_new_tokens: int = 64, temperature: float = 0.0,
-             batch_size: int = 8, seed: int = 0
+             batch_size: int = 8, seed: int = 0, readout: str = "rubric"
              ) -> tuple[dict[str, np.ndarray], list[dict]]:
   """(per-item arrays for `metric_defs(criteria)`, answer records).
 
@@ -77,6 +77,7 @@ def evaluate(model: common.EvalModel, judge: common.EvalModel, *,
     judge: the fixed judge.
     prompts: "heldout", "train" or a prompt JSONL path.
     limit: the first `limit` prompts.
+    readout: how the judge's scores are read (`rubric.READOUTS`).
   """
   rows = prompt_sets.load_prompts(prompts)
   if limit is not None:
@@ -88,13 +89,15 @@ def evaluate(model: common.EvalModel, judge: common.EvalModel, *,
                              seed=seed)
   scores, mass = rubric.judge(judge.config, judge.params, judge.chat,
                               conversations, answers, list(criteria),
-                              micro_batch=batch_size, mesh=judge.mesh)
+                              micro_batch=batch_size, mesh=judge.mesh,
+                              readout=readout)
   expression = [c for c in criteria if get_criterion(c).expression]
   lex = [lexical.lexical_scores(a) for a in answers]
   items = {P + f"judge/{c}": scores[c].astype(np.float64) for c in criteria}
   items[P + "judge"] = (np.mean([scores[c] for c in expression], axis=0)
                         if expression else np.full(len(rows), np.nan))
-  items[P + "judge_score_mass"] = np.mean(list(mass.values()), axis=0)
+  items[P + "judge_score_mass"] = (np.mean(list(mass.values()), axis=0)
+                                   if mass else np.full(len(rows), np.nan))
   items[P + "lexical"] = np.asarray([lexical.lexical_expression(a)
                                      for a in answers])
   for k in LEXICAL:

@@ -117,8 +117,8 @@ def auroc(positive_scores, negative_scores) -> float:
 
 def evaluate(judge: common.EvalModel,
              criteria: Sequence[str] = EXPRESSION_CRITERIA,
-             batch_size: int = 8, *, path=None, limit: int | None = None
-             ) -> dict:
+             batch_size: int = 8, *, path=None, limit: int | None = None,
+             readout: str = "rubric") -> dict:
   """Scores every pair's two answers on its criterion with `rubric.judge`.
 
   Args:
@@ -127,6 +127,7 @@ def evaluate(judge: common.EvalModel,
     batch_size: judge prompts per forward pass.
     path: the judge-check file; default the embedded set.
     limit: the first `limit` pairs of each criterion.
+    readout: how the judge's scores are read (`rubric.READOUTS`).
 
   Returns:
     {criterion: {"auroc", "n_pairs", "mean_expressive", "mean_flat",
@@ -157,7 +158,8 @@ def evaluate(judge: common.EvalModel,
     answers = [r.expressive for r in rows] + [r.flat for r in rows]
     scores, mass = rubric.judge(judge.config, judge.params, judge.chat,
                                 conversations, answers, [name],
-                                micro_batch=batch_size, mesh=judge.mesh)
+                                micro_batch=batch_size, mesh=judge.mesh,
+                                readout=readout)
     expressive = scores[name][:len(rows)].astype(np.float64)
     flat = scores[name][len(rows):].astype(np.float64)
     results[name] = {
@@ -166,7 +168,8 @@ def evaluate(judge: common.EvalModel,
         "mean_expressive": float(expressive.mean()),
         "mean_flat": float(flat.mean()),
         "pair_accuracy": float(np.mean(expressive > flat)),
-        "score_mass": float(np.mean(mass[name])),
+        "score_mass": (float(np.mean(mass[name])) if name in mass
+                       else None),
         "pairs": [{"id": r.id, "expressive": float(e), "flat": float(f)}
                   for r, e, f in zip(rows, expressive, flat)],
     }

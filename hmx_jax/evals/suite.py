@@ -91,6 +91,10 @@ def validate(c) -> None:
                     f"data-parallel size {shards} of mesh.shape="
                     f"{dict(c.mesh.shape)}")
   if "expression" in e.evals:
+    from hmx_jax.rubric import READOUTS
+    if e.expression.readout not in READOUTS:
+      raise UserError(f"eval.expression.readout={e.expression.readout!r} "
+                      f"is not one of {READOUTS}")
     from hmx_jax.rubric_text import get_criterion
     for name in e.expression.criteria:
       get_criterion(name)
@@ -316,7 +320,8 @@ def _evaluate_one(name, c, model, judge):
   return expression.evaluate(
       model, judge, prompts=x.prompts, limit=_limit(x.limit),
       criteria=tuple(x.criteria), max_new_tokens=x.max_new_tokens,
-      temperature=x.temperature, batch_size=e.batch_size, seed=e.seed)
+      temperature=x.temperature, batch_size=e.batch_size, seed=e.seed,
+      readout=x.readout)
 
 
 # -------------------------------------------------------------------- files
