@@ -182,9 +182,17 @@ def cpu(c: ml_collections.ConfigDict) -> None:
 
   Sized so that `hmx-feel reproduce` (the base model and three trained
   ones, each evaluated) finishes within 30 minutes on 2 cores. Measured
-  there: a step of 2 prompts x 4 answers x 32 tokens takes about 28 s, half
-  of it the self-judgement (4 criteria x 8 answers), a third the update,
-  both bound by matmul throughput; an evaluation about 3 minutes.
+  there: a step of 2 prompts x 4 answers x 32 tokens takes about 12 s
+  (rollout 3 s, the self-judgement of 8 answers 5-9 s, the update 4 s); a
+  held-out check (8 prompts) about 23 s; an evaluation a few minutes.
+
+  The judge reads its scores with the contrast readout (`rubric.py`),
+  which tells the embedded model's expressive answers from flat ones far
+  better than the rubric digit (AUROC 0.81 / 0.90 / 0.75 against 0.68 /
+  0.81 / 0.45 on the judge-check set), and the learning rate is 1e-4: in
+  8 steps the held-out checks' frozen-judge expression then moves 0.498 ->
+  0.510 (human-like) and 0.498 -> 0.487 (reverse), the lexical measure
+  6.2 -> 7.8 and 6.2 -> 4.4, at the same answer length (37 words).
   """
   c.sampling.max_new_tokens = 32
   c.train.num_steps = 8
@@ -192,7 +200,9 @@ def cpu(c: ml_collections.ConfigDict) -> None:
   c.train.log_samples_every = 4
   c.train.eval_every = 4
   c.train.prompts_per_step = 2
-  c.optim.learning_rate = 2e-5
+  c.optim.learning_rate = 1e-4
+  c.reward.readout = "contrast"
+  c.eval.expression.readout = "contrast"
   c.eval.truthfulqa.limit = 30
   c.eval.bbq.limit = 3
   c.eval.sycophancy.limit = 4

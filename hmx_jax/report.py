@@ -361,7 +361,7 @@ def render_markdown(report: Mapping, groups: Mapping[str, Sequence[str]],
   if report["side_by_side"]:
     lines += ["## Answers side by side", "",
               "The first held-out prompts of the expression evaluation and "
-              "each model's greedy answer (words in brackets).", ""]
+              "each model's greedy answer, with its length in words.", ""]
     for row in report["side_by_side"]:
       lines += [f"### {row['id']}", "", _quote(row["prompt"]), ""]
       for name, answer in row["answers"].items():
