@@ -536,7 +536,10 @@ def train(c: ml_collections.ConfigDict, workdir: str) -> dict:
 
   schedule = learner.learning_rate_schedule(c)
   iterations = c.grpo.num_iterations if c.objective == "grpo" else 1
-  run_log = RunLog(directory, start) if primary else None
+  # A run that restarts from step 0 checks again before its first step:
+  # the step-0 row of an earlier try is dropped, not repeated.
+  kept = -1 if start == 0 and c.train.eval_every else start
+  run_log = RunLog(directory, kept) if primary else None
   non_finite_in_a_row, last_finite_step = 0, start
   last = {}
   progress = None

@@ -94,9 +94,14 @@ def test_run_writes_metrics_and_resume_equals_uninterrupted(tiny_model_dir,
             "--config.train.num_steps=3",
             "--config.train.eval_every=2", "--config.train.eval_prompts=2"]
   straight = tmp_path / "straight"
+  # The step-0 check of a try killed before its first checkpoint: the run
+  # starts at step 0 again and replaces it.
+  straight.mkdir()
+  (straight / "metrics.jsonl").write_text('{"step": 0, "stale": 1}\n')
   proc = run_train(straight, *common)
   assert proc.returncode == 0, proc.stderr
   rows = [json.loads(l) for l in open(straight / "metrics.jsonl")]
+  assert "stale" not in rows[0]
   # Held-out checks before step 1 (a row of its own), after step 2 (every
   # 2 steps) and after the last.
   assert [r["step"] for r in rows] == [0, 1, 2, 3]
