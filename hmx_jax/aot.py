@@ -505,3 +505,9 @@ def print_reports(result: Result) -> None:
     print(f"estimated step: {step_seconds(reports, shapes):.2f} s (roofline: "
           f"prefill + {shapes.new_tokens} decode steps + "
           f"{shapes.judge_calls} judge batches + update)", flush=True)
+    # XLA's cost analysis counts a while loop's body once: the layer scan's
+    # FLOPs and bytes are one layer's, so GFLOP and the times above are
+    # lower bounds by about the number of layers.
+    print("note: GFLOP and times count the layer scan's body once (XLA's "
+          "cost analysis): lower bounds, by up to the number of layers",
+          flush=True)
