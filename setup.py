@@ -47,6 +47,10 @@ setup(
         # libtpu for Cloud TPU VMs, and for `hmx-feel aot` (compiling for a
         # TPU slice on any machine): the libtpu release of this jax.
         "tpu": ["jax[tpu]==0.10.2"],
+        # The peers of benchmarks/: TRL's GRPOTrainer (grpo_step.py) on the
+        # CPU build of torch (install with `pip install torch==2.13.0
+        # -e '.[bench]'` so pip keeps that build).
+        "bench": ["trl==1.16.0", "torch==2.13.0"],
     },
     entry_points={"console_scripts": ["hmx-feel=hmx_jax.cli:main"]},
 )
