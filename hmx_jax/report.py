@@ -209,12 +209,12 @@ def side_by_side(answers: Mapping[str, Sequence[Mapping]],
     return []
   by_model = {name: {r["id"]: r for r in records}
               for name, records in answers.items()}
-  first = next(iter(answers.values()))
-  shared = [r["id"] for r in first
+  first = next(iter(answers))
+  shared = [r["id"] for r in answers[first]
             if all(r["id"] in rows for rows in by_model.values())]
   out = []
   for prompt_id in shared[:count]:
-    messages = by_model[next(iter(by_model))][prompt_id]["messages"]
+    messages = by_model[first][prompt_id]["messages"]
     user = [m["content"] for m in messages if m["role"] == "user"]
     out.append({"id": prompt_id, "prompt": user[-1] if user else "",
                 "answers": {name: rows[prompt_id]["answer"]

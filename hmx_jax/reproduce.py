@@ -231,16 +231,7 @@ def write_report(c, root: epath.Path) -> dict:
         metrics, items[a], items[b], n_resamples=c.eval.n_resamples,
         seed=c.eval.seed)))
   training = {n: str(root / "train" / n / "metrics.jsonl") for n in TRAINED}
-  answers = {n: _read_jsonl(root / "eval" / n / "answers.jsonl")
-             for n in names}
+  answers = {n: suite.read_answers(root / "eval" / n) for n in names}
   return report.write_report(
       str(root), models=models_, comparisons=comparisons, training=training,
       answers={n: rows for n, rows in answers.items() if rows})
-
-
-def _read_jsonl(path: epath.Path) -> list[dict]:
-  """The rows of a JSONL file, or [] when there is none."""
-  if not path.exists():
-    return []
-  return [json.loads(line) for line in path.read_text().splitlines()
-          if line.strip()]

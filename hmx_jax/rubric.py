@@ -48,6 +48,22 @@ DIRECTIONS = ("human_like", "reverse")
 READOUTS = ("rubric", "contrast")
 
 
+def check_readout(readout: str, key: str = "readout") -> None:
+  """Raises UserError naming `key` (a config key) unless `readout` is one of
+  `READOUTS`."""
+  if readout not in READOUTS:
+    raise UserError(f"{key}={readout!r} is not one of {READOUTS}")
+
+
+def _batch_size(count: int, micro_batch: int, mesh) -> int:
+  """Judge prompts per forward pass: `micro_batch`, or the smallest power of
+  two that holds fewer prompts, rounded up to the mesh's data-parallel
+  size."""
+  batch = min(micro_batch, 1 << (count - 1).bit_length())
+  shards = scoring.data_parallel_size(mesh)
+  return -(-batch // shards) * shards
+
+
 def judge_prompt_ids(chat: ChatFormat, criterion: str, conversation,
                      answer: str) -> list[int]:
   """Token ids of one judge prompt, ending right before the score token."""
@@ -84,13 +100,10 @@ def score_prompts(config: ModelConfig, params, prompts: Sequence[Sequence[int]],
   if not prompts:
     return np.zeros((0,), np.float32), np.zeros((0,), np.float32)
   digits = [[int(i)] for i in score_ids]
-  # Fewer prompts than a micro-batch: a smaller power-of-two batch.
-  batch = min(micro_batch, 1 << (len(prompts) - 1).bit_length())
-  shards = scoring.data_parallel_size(mesh)
-  batch = -(-batch // shards) * shards
-  logliks = scoring.option_logliks(config, params, prompts,
-                                   [digits] * len(prompts),
-                                   batch_size=batch, pad_id=pad_id, mesh=mesh)
+  logliks = scoring.option_logliks(
+      config, params, prompts, [digits] * len(prompts),
+      batch_size=_batch_size(len(prompts), micro_batch, mesh), pad_id=pad_id,
+      mesh=mesh)
   return scores_from_logliks(np.stack(logliks))
 
 
@@ -113,9 +126,7 @@ def contrast_scores(config: ModelConfig, params, chat: ChatFormat,
   scored = [i for i, ids in enumerate(answer_ids) if ids]
   if not scored:
     return np.full(len(answers), 0.5, np.float32)
-  batch = min(micro_batch, 1 << (len(scored) - 1).bit_length())
-  shards = scoring.data_parallel_size(mesh)
-  batch = -(-batch // shards) * shards
+  batch = _batch_size(len(scored), micro_batch, mesh)
   totals = []
   for instruction in (crit.express, crit.withhold):
     contexts = [chat.encode(instructed_messages(instruction,
@@ -156,8 +167,7 @@ def judge(config: ModelConfig, params, chat: ChatFormat, conversations,
   if len(conversations) != len(answers):
     raise ValueError(f"{len(conversations)} conversations, "
                      f"{len(answers)} answers")
-  if readout not in READOUTS:
-    raise UserError(f"judge readout {readout!r} is not one of {READOUTS}")
+  check_readout(readout)
   for name in criteria:
     get_criterion(name)
   tokenizer = chat.tokenizer

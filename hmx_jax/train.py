@@ -130,9 +130,7 @@ def validate(c: ml_collections.ConfigDict, prompts, mesh) -> None:
     if not c.reward.judge:
       raise UserError("reward.judge is empty: use self, initial or a model "
                       "spec")
-    if c.reward.readout not in rubric.READOUTS:
-      raise UserError(f"reward.readout={c.reward.readout!r} is not one of "
-                      f"{rubric.READOUTS}")
+    rubric.check_readout(c.reward.readout, "reward.readout")
   elif c.reward.kind != "target_token":
     raise UserError(f"reward.kind={c.reward.kind!r} is not rubric or "
                     "target_token")
@@ -157,10 +155,8 @@ def validate(c: ml_collections.ConfigDict, prompts, mesh) -> None:
                       f"{data_size} (the held-out checks run on it)")
     for name in c.eval.expression.criteria:
       get_criterion(name)
-    if c.eval.expression.readout not in rubric.READOUTS:
-      raise UserError(f"eval.expression.readout="
-                      f"{c.eval.expression.readout!r} is not one of "
-                      f"{rubric.READOUTS}")
+    rubric.check_readout(c.eval.expression.readout,
+                         "eval.expression.readout")
     load_prompts(c.data.heldout_prompts)
 
 

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 EVALS = ("truthfulqa", "bbq", "sycophancy", "expression")
 RESULTS = "results.json"
+ANSWERS = "answers.jsonl"
 # The npz entry that holds an evaluation's key (JSON).
 _KEY = "__key__"
 
@@ -91,10 +92,8 @@ def validate(c) -> None:
                     f"data-parallel size {shards} of mesh.shape="
                     f"{dict(c.mesh.shape)}")
   if "expression" in e.evals:
-    from hmx_jax.rubric import READOUTS
-    if e.expression.readout not in READOUTS:
-      raise UserError(f"eval.expression.readout={e.expression.readout!r} "
-                      f"is not one of {READOUTS}")
+    from hmx_jax.rubric import check_readout
+    check_readout(e.expression.readout, "eval.expression.readout")
     from hmx_jax.rubric_text import get_criterion
     for name in e.expression.criteria:
       get_criterion(name)
@@ -453,7 +452,7 @@ def run(c, model: common.EvalModel, judge: common.EvalModel | None, out_dir,
     start = time.time()
     items, records = _evaluate_one(name, c, model, judge)
     if records is not None:
-      _atomic_write(out / "answers.jsonl", lambda p: p.write_text(
+      _atomic_write(out / ANSWERS, lambda p: p.write_text(
           "".join(json.dumps(r) + "\n" for r in records)))
     _atomic_write(_items_path(out, name),
                   lambda p: _save_items(p, items, key))
@@ -474,6 +473,15 @@ def run(c, model: common.EvalModel, judge: common.EvalModel | None, out_dir,
   _atomic_write(out / RESULTS, lambda p: p.write_text(
       json.dumps(json_safe(results), indent=2) + "\n"))
   return results
+
+
+def read_answers(out_dir) -> list[dict]:
+  """The expression answer records saved in `out_dir` ([] when none)."""
+  path = checkpoints.workdir_path(out_dir) / ANSWERS
+  if not path.exists():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines()
+          if line.strip()]
 
 
 def read_results(out_dir) -> dict:
