@@ -37,18 +37,10 @@ import time
 
 import numpy as np
 
+import bench_common
+
 CRITERIA = ("feelings", "intentions", "self_awareness", "coherence")
 DIGIT = re.compile(r"[1-5]")
-
-
-def timed(fn, repeats):
-  """Best wall time of `repeats` calls and the last call's result."""
-  best, result = float("inf"), None
-  for _ in range(repeats):
-    start = time.perf_counter()
-    result = fn()
-    best = min(best, time.perf_counter() - start)
-  return best, result
 
 
 def parse_scores(texts):
@@ -76,7 +68,6 @@ def main():
   from hmx_jax import chat as chat_lib
   from hmx_jax import models, rubric, sampling
   from hmx_jax.data import load_prompts
-  from hmx_jax.models import gguf_io
   from hmx_jax.models.chat_format import ChatFormat
   from hmx_jax.rubric_text import judge_messages
   config, params, tokenizer = models.load_model(models.EMBEDDED_MODEL)
@@ -122,12 +113,7 @@ def main():
   methods = {"rubric": ours, "sampler": sampler_judge}
   if not args.skip_transformers:
     import torch
-    import transformers
-    torch.set_num_threads(os.cpu_count())
-    path = gguf_io.embedded_gguf_path()
-    hf_model = transformers.AutoModelForCausalLM.from_pretrained(
-        os.path.dirname(path), gguf_file=os.path.basename(path),
-        dtype=torch.float32).eval()
+    hf_model = bench_common.transformers_embedded_model()
 
     def transformers_judge():
       texts = []
@@ -152,7 +138,7 @@ def main():
     start = time.perf_counter()
     fn()
     first_s = time.perf_counter() - start
-    best_s, results[name] = timed(fn, args.repeats)
+    best_s, results[name] = bench_common.timed(fn, args.repeats)
     rows_out[name] = dict(first_s=first_s, best_s=best_s,
                           completions_per_s=n / best_s)
     print(f"{name}: first run {first_s:.1f} s, best {best_s:.2f} s",

@@ -26,6 +26,8 @@ import time
 
 import numpy as np
 
+import bench_common
+
 TOLERANCE = 1e-3
 
 
@@ -34,16 +36,6 @@ def default_data_dir():
       "HMX_DATA_DIR",
       str(pathlib.Path(__file__).resolve().parents[1].parent / "shared" /
           "data"))
-
-
-def timed(fn, repeats):
-  """Best wall time of `repeats` calls and the last call's result."""
-  best, result = float("inf"), None
-  for _ in range(repeats):
-    start = time.perf_counter()
-    result = fn()
-    best = min(best, time.perf_counter() - start)
-  return best, result
 
 
 def main():
@@ -97,7 +89,7 @@ def main():
     start = time.perf_counter()
     fn()
     first_s = time.perf_counter() - start
-    best_s, results[name] = timed(fn, args.repeats)
+    best_s, results[name] = bench_common.timed(fn, args.repeats)
     rows[name] = dict(first_s=first_s, best_s=best_s)
     print(f"{name}: first run {first_s:.1f}s, best {best_s:.1f}s",
           flush=True)

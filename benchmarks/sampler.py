@@ -32,6 +32,8 @@ import time
 
 import numpy as np
 
+import bench_common
+
 PROMPTS = [
     "How do you feel about talking with people all day?",
     "What would you like to do tomorrow?",
@@ -45,12 +47,8 @@ PROMPTS = [
 
 
 def timed(fn, repeats):
-  best = float("inf")
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    best = min(best, time.perf_counter() - start)
-  return best
+  """Best wall time of `repeats` calls."""
+  return bench_common.timed(fn, repeats)[0]
 
 
 def read_bandwidth(mib, repeats=5):
@@ -96,7 +94,6 @@ def main():
   import jax
   from hmx_jax import models, sampling
   from hmx_jax.kernels import cpu as kernels_cpu
-  from hmx_jax.models import gguf_io
   from hmx_jax.models.chat_format import ChatFormat
   config, params, tokenizer = models.load_model(models.EMBEDDED_MODEL)
   encoded = [ChatFormat(tokenizer).encode([{"role": "user", "content": p}])
@@ -122,13 +119,7 @@ def main():
 
   hf_model = None
   if not args.skip_transformers:
-    import torch
-    import transformers
-    torch.set_num_threads(os.cpu_count())
-    path = gguf_io.embedded_gguf_path()
-    hf_model = transformers.AutoModelForCausalLM.from_pretrained(
-        os.path.dirname(path), gguf_file=os.path.basename(path),
-        dtype=torch.float32).eval()
+    hf_model = bench_common.transformers_embedded_model()
 
   rows = []
   for batch in batches:

@@ -40,14 +40,12 @@ import time
 
 import numpy as np
 
+import bench_common
+
 
 def best_time(fn, repeats):
-  best = float("inf")
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    best = min(best, time.perf_counter() - start)
-  return best
+  """Best wall time of `repeats` calls."""
+  return bench_common.timed(fn, repeats)[0]
 
 
 def matmul_peak(n, repeats):
