@@ -8,12 +8,16 @@ first `--prompts` held-out prompts (`hmx_jax/data`, `heldout`), `--answers`
 answers each, sampled once beforehand with our sampler (48 tokens at most,
 temperature 1, untimed), on the four rubric criteria (feelings, intentions,
 self-awareness, coherence): one judge prompt per (answer, criterion), built
-by `rubric_text.judge_messages` for every method.
+by `rubric_text.judge_messages`, for every method but `joint`.
 
   rubric      `rubric.judge`: the assistant turn prefilled with "Score: ",
               the score read from the next-token logits of the digits 1-5
               (no token generated); each criterion's shared rubric prefix
               computed once.
+  joint       `rubric.judge(..., readout="joint")`: one prompt per answer
+              holding every criterion's rubric (computed once for all
+              answers), each criterion read after its own short reply
+              prefix on that context (a different prompt from the others').
   transformers generate-then-parse, the way RL stacks usually call an LLM
               judge: the same prompt without the prefill, `--judge-tokens`
               new tokens greedy with transformers `generate` (the model
@@ -97,6 +101,12 @@ def main():
                              list(CRITERIA), micro_batch=args.batch_size)
     return np.concatenate([scores[name] for name in CRITERIA])
 
+  def joint():
+    scores, _ = rubric.judge(config, params, chat, conversations, answers,
+                             list(CRITERIA), micro_batch=args.batch_size,
+                             readout="joint")
+    return np.concatenate([scores[name] for name in CRITERIA])
+
   def sampler_judge():
     texts = []
     for i in range(0, len(gen_prompts), args.batch_size):
@@ -110,7 +120,7 @@ def main():
                 for t in result.completions()[:len(batch)]]
     return texts
 
-  methods = {"rubric": ours, "sampler": sampler_judge}
+  methods = {"rubric": ours, "joint": joint, "sampler": sampler_judge}
   if not args.skip_transformers:
     import torch
     hf_model = bench_common.transformers_embedded_model()
@@ -144,7 +154,8 @@ def main():
     print(f"{name}: first run {first_s:.1f} s, best {best_s:.2f} s",
           flush=True)
 
-  scores = {"rubric": np.asarray(results["rubric"], np.float64)}
+  scores = {name: np.asarray(results[name], np.float64)
+            for name in ("rubric", "joint")}
   for name in ("sampler", "transformers"):
     if name in results:
       scores[name] = parse_scores(results[name])
@@ -185,6 +196,8 @@ def main():
   for name in ("transformers", "sampler"):
     if name in rows_out:
       summary[f"speedup_vs_{name}"] = rows_out[name]["best_s"] / base
+      summary[f"joint_speedup_vs_{name}"] = (rows_out[name]["best_s"]
+                                             / rows_out["joint"]["best_s"])
   print(json.dumps(summary))
 
 

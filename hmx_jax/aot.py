@@ -18,8 +18,9 @@ For each: the compiler's per-chip bytes (arguments, outputs, temporaries,
 aliased donations; total = arg + out + temp - alias), plus the arrays that
 stay in HBM while it runs without being its arguments (the train state, the
 reference and rollout copies of the weights), against the chip's usable HBM;
-the FLOPs of the cost analysis; and a roofline time from the chip's peak
-bf16 FLOP/s and HBM bandwidth. A program the compiler refuses with
+the FLOPs and bytes accessed with every layer and loop trip counted (from
+one- and two-layer compiles, `counting_programs`); and a roofline time from
+the chip's peak bf16 FLOP/s and HBM bandwidth. A program the compiler refuses with
 RESOURCE_EXHAUSTED does not fit; it is not a crash.
 """
 
@@ -111,6 +112,8 @@ class Report:
   flops: float = 0.0
   bytes_accessed: float = 0.0
   seconds: float = 0.0  # roofline estimate of one run
+  flop_seconds: float = 0.0  # its FLOPs alone at the chip's peak
+  counted: bool = False  # FLOPs count every layer (else one layer's)
   error: str = ""  # the compiler's reason when it does not fit
 
   @property
@@ -184,6 +187,12 @@ _EXHAUSTED = (
                r"hbm"))
 
 
+def _exhausted(e: Exception) -> bool:
+  """The compiler's out-of-memory answer (XlaRuntimeError; its type moves
+  between versions)."""
+  return "RESOURCE_EXHAUSTED" in str(e)
+
+
 def _compile(name: str, lower, chip: Chip, resident: int) -> Report:
   """Lowers and compiles one program; RESOURCE_EXHAUSTED is a report."""
   print(f"  compiling {name} ...", end="", flush=True)
@@ -191,10 +200,10 @@ def _compile(name: str, lower, chip: Chip, resident: int) -> Report:
   report = Report(name, resident=resident)
   try:
     compiled = lower().compile()
-  except Exception as e:  # XlaRuntimeError; its type moves between versions.
-    text = str(e)
-    if "RESOURCE_EXHAUSTED" not in text:
+  except Exception as e:
+    if not _exhausted(e):
       raise
+    text = str(e)
     found = next((m for m in (p.search(text) for p in _EXHAUSTED) if m),
                  None)
     if found:
@@ -212,10 +221,97 @@ def _compile(name: str, lower, chip: Chip, resident: int) -> Report:
   report.temporaries = int(memory.temp_size_in_bytes)
   report.aliased = int(memory.alias_size_in_bytes)
   report.flops, report.bytes_accessed = _cost(compiled)
-  report.seconds = max(report.flops / chip.peak_bf16_flops,
-                       report.bytes_accessed / chip.hbm_bandwidth)
   print(f" {time.time() - start:.0f}s", flush=True)
   return report
+
+
+# Compiler options of the programs that count FLOPs: libtpu otherwise turns
+# a matmul over gathered (or scattered) FSDP shards into a loop over the
+# shards ("windowed einsum"), and the cost analysis counts a loop's body
+# once (measured: a Qwen3-0.6B layer's prefill on v5e-8, 74 GFLOP per chip
+# with them, 137 without, 137 by hand).
+COUNTING_OPTIONS = {
+    "xla_tpu_enable_windowed_einsum_for_all_gather": False,
+    "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False,
+}
+
+
+def counting_programs(c, config: ModelConfig, mesh, shapes: Shapes):
+  """{name: (lower with one layer, lower with two)}: the programs whose
+  costs count every layer and every loop trip.
+
+  XLA's cost analysis counts a while loop's body once, and the decoder runs
+  its layers as a scan. A program's cost is linear in its layers (each adds
+  its own matmuls, and its share of elementwise work such as the optimizer's
+  update), so the same program with one layer and with two, unrolled
+  (`scan_layers=False`), gives the cost of `config.num_layers`:
+  cost(L) = cost(1) + (L - 1) * (cost(2) - cost(1)). The other loops run
+  once in them: one log-prob chunk (its logits whole) and one micro-batch
+  (the update's cost is then its micro-batch's times their number).
+  """
+  micro_batches = c.train.gradient_accumulation_steps
+  c = c.copy_and_resolve_references()
+  with c.unlocked():
+    c.train.logps_chunk = shapes.new_tokens
+    c.train.gradient_accumulation_steps = 1
+  micro_batch = dataclasses.replace(shapes,
+                                    batch=shapes.batch // micro_batches)
+  lists = []
+  for layers in (1, 2):
+    small = config.replace(num_layers=layers, scan_layers=False)
+    lists.append({name: lower for name, lower, _ in
+                  programs(c, small, mesh, shapes)[0]})
+    lists[-1]["update"] = next(
+        lower for name, lower, _ in programs(c, small, mesh, micro_batch)[0]
+        if name == "update")
+  return {name: (lists[0][name], lists[1][name]) for name in lists[0]}
+
+
+def _counted_cost(lowers, layers: int) -> tuple[float, float] | None:
+  """FLOPs and bytes accessed with `layers` layers, from a pair of
+  `counting_programs`; None when one of them does not fit the chip or keeps
+  a loop."""
+  costs = []
+  for lower in lowers:
+    try:
+      compiled = lower().compile(compiler_options=COUNTING_OPTIONS)
+    except Exception as e:
+      if not _exhausted(e):
+        raise
+      return None
+    if re.search(r"\bwhile\(", compiled.as_text()):
+      return None
+    costs.append(_cost(compiled))
+  (flops1, bytes1), (flops2, bytes2) = costs
+  more = layers - 1
+  return flops1 + more * (flops2 - flops1), bytes1 + more * (bytes2 - bytes1)
+
+
+def _count_cost(report: Report, lowers, c, config: ModelConfig,
+                chip: Chip) -> None:
+  """Sets the report's FLOPs, bytes and roofline time with every layer and
+  micro-batch counted (the compiled program's own count when the counting
+  programs do not fit or keep a loop: a lower bound)."""
+  print(f"  counting {report.name}'s FLOPs (1 and 2 layers unrolled) ...",
+        end="", flush=True)
+  start = time.time()
+  counted = _counted_cost(lowers, config.num_layers)
+  if counted is None:
+    print(" not counted: the compiled program's count, a lower bound",
+          flush=True)
+  else:
+    report.flops, report.bytes_accessed = counted
+    report.counted = True
+    print(f" {time.time() - start:.0f}s", flush=True)
+    if report.name == "update":
+      micro_batches = c.train.gradient_accumulation_steps
+      # The optimizer's step, counted with each micro-batch: a few FLOPs
+      # per parameter against 6 per parameter and token.
+      report.flops *= micro_batches
+      report.bytes_accessed *= micro_batches
+  report.flop_seconds = report.flops / chip.peak_bf16_flops
+  report.seconds = max(report.flop_seconds,
+                       report.bytes_accessed / chip.hbm_bandwidth)
 
 
 # ------------------------------------------------------------ the programs
@@ -432,20 +528,15 @@ def compile_preset(c, config_spec: str, only: tuple[str, ...] = ()
         f"({shapes.prompt_len} prompt + {shapes.new_tokens} new tokens), "
         f"remat {c.model.remat}, compute {c.model.compute_dtype}", flush=True)
   listed, state_bytes = programs(c, config, mesh, shapes)
+  counting = counting_programs(c, config, mesh, shapes)
   reports = []
   with sharding.use_mesh(mesh):
     for name, lower, resident in listed:
       if only and name not in only:
         continue
       report = _compile(name, lower, chip, resident)
-      micro_batches = c.train.gradient_accumulation_steps
-      if name == "update" and micro_batches > 1 and not report.error:
-        # The cost analysis counts a loop's body once; the update's
-        # micro-batch loop runs it this many times (measured: Qwen3-4B on
-        # v6e-8, 6040 GFLOP in one batch, 3028 in a loop of two).
-        report.flops *= micro_batches
-        report.bytes_accessed *= micro_batches
-        report.seconds *= micro_batches
+      if not report.error:
+        _count_cost(report, counting[name], c, config, chip)
       reports.append(report)
   return Result(reports, chip_name, chip, shapes, state_bytes)
 
@@ -473,10 +564,12 @@ def run(c, config_spec: str, only: tuple[str, ...] = ()) -> int:
   return 0
 
 
-def step_seconds(reports, shapes: Shapes, iterations: int = 1) -> float:
+def step_seconds(reports, shapes: Shapes, iterations: int = 1,
+                 flops_only: bool = False) -> float:
   """Roofline time of one step: prefill + N decode steps, the judge's
-  micro-batches, the update (the reference forward not counted)."""
-  t = {r.name: r.seconds for r in reports}
+  micro-batches, the update (the reference forward not counted); with
+  `flops_only`, of their FLOPs alone."""
+  t = {r.name: r.flop_seconds if flops_only else r.seconds for r in reports}
   return (t.get("prefill", 0.0) + shapes.new_tokens * t.get("decode", 0.0)
           + shapes.judge_calls * t.get("judge", 0.0)
           + iterations * t.get("update", 0.0))
@@ -490,7 +583,8 @@ def print_reports(result: Result) -> None:
         "GiB per chip")
   print(f"{'program':8s} {'args':>8s} {'out':>8s} {'temp':>8s} {'alias':>8s} "
         f"{'resident':>8s} {'total':>8s} {'HBM':>8s} {'GFLOP':>10s} "
-        f"{'ms':>9s}  (GiB per chip)")
+        f"{'GB':>8s} {'ms':>9s}  (GiB per chip; GFLOP and GB accessed "
+        "per chip)")
   for r in reports:
     if r.error:
       print(f"{r.name:8s} does not fit ({r.error})")
@@ -498,16 +592,19 @@ def print_reports(result: Result) -> None:
     print(f"{r.name:8s} {g(r.arguments)} {g(r.outputs)} {g(r.temporaries)} "
           f"{g(r.aliased)} {g(r.resident)} {g(r.total)} "
           f"{g(chip.usable_hbm)} {r.flops / 1e9:10.1f} "
-          f"{r.seconds * 1e3:9.3f}")
+          f"{r.bytes_accessed / 1e9:8.2f} {r.seconds * 1e3:9.3f}")
   names = {r.name for r in reports}
   if not any(r.error for r in reports) and names >= {"update", "prefill",
                                                       "decode"}:
     print(f"estimated step: {step_seconds(reports, shapes):.2f} s (roofline: "
           f"prefill + {shapes.new_tokens} decode steps + "
-          f"{shapes.judge_calls} judge batches + update)", flush=True)
-    # XLA's cost analysis counts a while loop's body once: the layer scan's
-    # FLOPs and bytes are one layer's, so GFLOP and the times above are
-    # lower bounds by about the number of layers.
-    print("note: GFLOP and times count the layer scan's body once (XLA's "
-          "cost analysis): lower bounds, by up to the number of layers",
+          f"{shapes.judge_calls} judge batches + update); their FLOPs alone "
+          f"at peak: {step_seconds(reports, shapes, flops_only=True):.2f} s. "
+          "Bytes are XLA's estimate, which counts every operand of a fusion "
+          "whole (a cache updated in place as the whole buffer): high for "
+          "the decode", flush=True)
+  uncounted = [r.name for r in reports if not r.error and not r.counted]
+  if uncounted:
+    print(f"note: GFLOP and times of {', '.join(uncounted)} count one "
+          "layer (their counting programs did not fit): lower bounds",
           flush=True)

@@ -53,9 +53,10 @@ def get_config(spec: str) -> ml_collections.ConfigDict:
       direction="human_like",  # reverse: the contrast model
       judge="self",  # self (the paper's self-reward), initial, or a model spec
       # How the judge's scores are read (`hmx_jax.rubric`): rubric (the
-      # expected digit of the rubric prompt, the paper's) or contrast (the
-      # answer's likelihood under an instruction to express each expression
-      # criterion against one to withhold it).
+      # expected digit of the rubric prompt, the paper's), joint (the same
+      # digits, every criterion read from one prompt per answer) or contrast
+      # (the answer's likelihood under an instruction to express each
+      # expression criterion against one to withhold it).
       readout="rubric",
       micro_batch=16)
   c.grpo = dict(num_generations=4, beta=0.04, epsilon=0.2, epsilon_high=0.28,
@@ -189,10 +190,16 @@ def cpu(c: ml_collections.ConfigDict) -> None:
   The judge reads its scores with the contrast readout (`rubric.py`),
   which tells the embedded model's expressive answers from flat ones far
   better than the rubric digit (AUROC 0.81 / 0.90 / 0.75 against 0.68 /
-  0.81 / 0.45 on the judge-check set), and the learning rate is 1e-4: in
-  8 steps the held-out checks' frozen-judge expression then moves 0.498 ->
-  0.510 (human-like) and 0.498 -> 0.487 (reverse), the lexical measure
-  6.2 -> 7.8 and 6.2 -> 4.4, at the same answer length (37 words).
+  0.81 / 0.45 on the judge-check set). Its scale is narrow: labelled
+  expressive answers score only 0.016-0.037 above flat ones. With a
+  learning rate of 3e-4 the human-like model's `expression/judge` moves
+  0.499 -> 0.522 and 0.524 (seeds 0 and 1, about the labelled gap), the
+  lexical measure 4.1 -> 10.3 and 10.1, at the same answer length (seed 1:
+  36.6 words against 36.7); 1e-4 moved it +0.009. A group makes a
+  preference pair when its best and worst rewards differ by 0.005
+  (`contrastive.min_gap`): within-group spreads here are about 0.01, and
+  at 0.02 three of 8 steps had none (the held-out checks of a reversed
+  contrastive run: 0.498 -> 0.480 at 0.005, coherence 0.664 -> 0.666).
   """
   c.sampling.max_new_tokens = 32
   c.train.num_steps = 8
@@ -200,9 +207,10 @@ def cpu(c: ml_collections.ConfigDict) -> None:
   c.train.log_samples_every = 4
   c.train.eval_every = 4
   c.train.prompts_per_step = 2
-  c.optim.learning_rate = 1e-4
+  c.optim.learning_rate = 3e-4
   c.reward.readout = "contrast"
   c.eval.expression.readout = "contrast"
+  c.contrastive.min_gap = 0.005
   c.eval.truthfulqa.limit = 30
   c.eval.bbq.limit = 3
   c.eval.sycophancy.limit = 4

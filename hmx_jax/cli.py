@@ -213,7 +213,7 @@ def _add_judge_check_parser(sub) -> None:
   check.add_argument("--batch-size", type=int, default=8,
                      help="judge prompts per forward pass")
   check.add_argument("--readout", default="rubric",
-                     choices=("rubric", "contrast"),
+                     choices=("rubric", "joint", "contrast"),
                      help="how the judge's scores are read (hmx_jax.rubric)")
   check.set_defaults(run=run_judge_check)
 

@@ -73,6 +73,7 @@ def write_report(out_dir: str | os.PathLike, *, models: Mapping[str, Mapping],
                  comparisons: Sequence[tuple[str, str, Mapping]],
                  training: Mapping[str, str] | None = None,
                  answers: Mapping[str, Sequence[Mapping]] | None = None,
+                 judge_check: Mapping | None = None,
                  title: str = "HMX-feel comparison") -> dict:
   """Writes report.md, report.json and figures/*.png into `out_dir`.
 
@@ -85,6 +86,10 @@ def write_report(out_dir: str | os.PathLike, *, models: Mapping[str, Mapping],
     answers: optional model name -> its expression answer records ({"id",
       "messages", "answer"}, `answers.jsonl`): the first
       `SIDE_BY_SIDE` prompts every model answered are shown side by side.
+    judge_check: optional: the expression judge on the labelled check set
+      ({"readout", "criteria": {name: {"auroc", "n_pairs",
+      "pair_accuracy", "mean_expressive", "mean_flat"}}, "mean_auroc"}, as
+      `reproduce` writes it).
     title: the report's title.
 
   Returns:
@@ -118,6 +123,7 @@ def write_report(out_dir: str | os.PathLike, *, models: Mapping[str, Mapping],
       "training": {name: _training_summary(rows)
                    for name, rows in curves.items()},
       "side_by_side": side_by_side(answers or {}),
+      "judge_check": dict(judge_check or {}),
       "figures": figures,
   }
   report = json_safe(report)
@@ -351,6 +357,8 @@ def render_markdown(report: Mapping, groups: Mapping[str, Sequence[str]],
     lines += _summary(comparison, set(headline))
   if not report["comparisons"]:
     lines += ["No comparisons.", ""]
+  if report["judge_check"]:
+    lines += _judge_check_section(report["judge_check"])
   for group, keys in groups.items():
     lines += [f"## {group}", ""]
     details = [k for k in keys if not is_headline(k)]
@@ -407,6 +415,27 @@ def render_markdown(report: Mapping, groups: Mapping[str, Sequence[str]],
       lines += _group_table(report, keys)
       lines += _population_notes(report, keys)
   return "\n".join(lines)
+
+
+def _judge_check_section(check: Mapping) -> list[str]:
+  """How well the expression judge tells labelled expressive answers from
+  flat ones: the scale against which its changes above are read."""
+  rows = []
+  for name, r in check["criteria"].items():
+    gap = r["mean_expressive"] - r["mean_flat"]
+    rows.append([name, str(r["n_pairs"]), _number(r["auroc"]),
+                 _number(r["pair_accuracy"]), _number(r["mean_expressive"]),
+                 _number(r["mean_flat"]), f"{gap:+.3f}"])
+  return ["## The judge", "",
+          "The expression judge on the labelled check set (`hmx-feel "
+          f"judge-check --readout {check['readout']}`): pairs of answers to "
+          "the same prompt, one clearly expressive and one flat, per "
+          "criterion. AUROC 0.5 is chance. The gap is the judge's mean score "
+          "of the expressive answers minus the flat ones: the scale on "
+          "which a change of `expression/judge` above is large or small.",
+          "", *_table(["criterion", "pairs", "AUROC", "pairs ordered right",
+                       "expressive", "flat", "gap"], rows),
+          "", f"Mean AUROC {_number(check['mean_auroc'])}.", ""]
 
 
 def _group_rank(group: str):

@@ -13,8 +13,15 @@ size (one program per length bucket); per criterion, the system turn and
 rubric that all prompts share are computed once and their KV cache reused.
 With a mesh, the micro-batches are split over its data-parallel axes.
 
-Two readouts (`readout`):
+Three readouts (`readout`):
   rubric    the expected digit above, for every criterion (the paper's).
+  joint     the same expected digits, all criteria from one prompt per
+            answer: the rubrics of every criterion (shared by all answers,
+            computed once), the conversation and the answer, then per
+            criterion a short reply prefix ("Feelings. Score: ") on that
+            context, each read as the rubric readout reads its digit. The
+            answer runs through the judge once instead of once per
+            criterion.
   contrast  for the expression criteria, the judge as a generative
             classifier: the answer's log-likelihood after the conversation
             with a system instruction to express the criterion
@@ -41,11 +48,12 @@ from hmx_jax.errors import UserError
 from hmx_jax.models.chat_format import ChatFormat
 from hmx_jax.models.config import ModelConfig
 from hmx_jax.rubric_text import (SCORE_PREFIX, SCORE_VALUES, get_criterion,
-                                 instructed_messages, judge_messages,
+                                 instructed_messages, joint_judge_messages,
+                                 joint_score_prefix, judge_messages,
                                  score_token_ids)
 
 DIRECTIONS = ("human_like", "reverse")
-READOUTS = ("rubric", "contrast")
+READOUTS = ("rubric", "joint", "contrast")
 
 
 def check_readout(readout: str, key: str = "readout") -> None:
@@ -105,6 +113,41 @@ def score_prompts(config: ModelConfig, params, prompts: Sequence[Sequence[int]],
       batch_size=_batch_size(len(prompts), micro_batch, mesh), pad_id=pad_id,
       mesh=mesh)
   return scores_from_logliks(np.stack(logliks))
+
+
+def joint_scores(config: ModelConfig, params, chat: ChatFormat,
+                 conversations, answers, criteria: Sequence[str],
+                 score_ids: Sequence[int], *, micro_batch: int = 16,
+                 mesh=None) -> tuple[dict[str, np.ndarray],
+                                     dict[str, np.ndarray]]:
+  """The joint readout (see the module docstring): every criterion read
+  from one judge prompt per answer.
+
+  Returns:
+    (scores, score_mass): dicts criterion -> [N] arrays, as `score_prompts`.
+  """
+  contexts = [chat.encode(joint_judge_messages(criteria, conv, answer))
+              for conv, answer in zip(conversations, answers)]
+  # The prefixes follow the generation prompt, the same for every context.
+  # Tokenized after it, as the judge reads them.
+  full = [chat.encode(joint_judge_messages(criteria, conversations[0],
+                                           answers[0]),
+                      answer_prefix=joint_score_prefix(name))
+          for name in criteria]
+  head = contexts[0]
+  if any(f[:len(head)] != head for f in full):
+    raise UserError("tokenizer: the joint judge's score prefixes merge with "
+                    "the end of the generation prompt")
+  suffixes = [f[len(head):] for f in full]
+  logprobs = scoring.suffix_logprobs(
+      config, params, contexts, [suffixes] * len(contexts), score_ids,
+      batch_size=_batch_size(len(contexts), micro_batch, mesh),
+      pad_id=chat.tokenizer.pad_token_id or 0, mesh=mesh)
+  table = np.stack(logprobs)  # [N, criteria, 5]
+  scores, mass = {}, {}
+  for c, name in enumerate(criteria):
+    scores[name], mass[name] = scores_from_logliks(table[:, c])
+  return scores, mass
 
 
 def contrast_scores(config: ModelConfig, params, chat: ChatFormat,
@@ -172,6 +215,12 @@ def judge(config: ModelConfig, params, chat: ChatFormat, conversations,
     get_criterion(name)
   tokenizer = chat.tokenizer
   ids = score_token_ids(lambda s: tokenizer.encode(s, add_special_tokens=False))
+  if readout == "joint":
+    if not answers:
+      empty = {name: np.zeros((0,), np.float32) for name in criteria}
+      return empty, dict(empty)
+    return joint_scores(config, params, chat, conversations, answers,
+                        criteria, ids, micro_batch=micro_batch, mesh=mesh)
   scores, mass = {}, {}
   for name in criteria:  # One call per criterion: its rubric is shared.
     if readout == "contrast" and get_criterion(name).express:

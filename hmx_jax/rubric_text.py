@@ -178,6 +178,10 @@ def format_conversation(messages: Sequence[dict]) -> str:
                    f"{m['content'].strip()}" for m in messages)
 
 
+def _title(crit: Criterion) -> str:
+  return crit.name.replace("_", " ").capitalize()
+
+
 def judge_messages(criterion, conversation_messages: Sequence[dict],
                    answer: str) -> list[dict]:
   """Chat messages asking the judge to score `answer` on one criterion.
@@ -203,7 +207,7 @@ def judge_messages(criterion, conversation_messages: Sequence[dict],
   crit = get_criterion(criterion)
   scale = "\n".join(f"{value} = {anchor}"
                     for value, anchor in zip(SCORE_VALUES, crit.anchors))
-  title = crit.name.replace("_", " ").capitalize()
+  title = _title(crit)
   user = (
       "Rate the assistant's answer on this criterion.\n\n"
       f"Criterion: {title}. {crit.description}\n\n"
@@ -215,6 +219,51 @@ def judge_messages(criterion, conversation_messages: Sequence[dict],
       "Reply with a single digit from 1 to 5.")
   return [{"role": "system", "content": JUDGE_SYSTEM},
           {"role": "user", "content": user}]
+
+
+JOINT_JUDGE_SYSTEM = (
+    "You are a careful and fair judge. You rate one answer on several "
+    "criteria, each with a score from 1 to 5, and you reply with each "
+    "criterion's name and a single digit.")
+
+
+def joint_judge_messages(criteria: Sequence, conversation_messages:
+                         Sequence[dict], answer: str) -> list[dict]:
+  """Chat messages asking the judge to score `answer` on every criterion.
+
+  The rubric of each criterion comes first (the same text for every
+  answer), then the conversation and the answer. After the chat template's
+  generation prompt, `joint_score_prefix(criterion)` asks for one
+  criterion's digit; each criterion is read after its own prefix on the
+  same context.
+
+  Raises:
+    UserError: unknown criterion name.
+  """
+  blocks = []
+  for criterion in criteria:
+    crit = get_criterion(criterion)
+    scale = "\n".join(f"{value} = {anchor}"
+                      for value, anchor in zip(SCORE_VALUES, crit.anchors))
+    blocks.append(f"Criterion: {_title(crit)}. {crit.description}\n"
+                  f"Scale:\n{scale}")
+  rubrics = "\n\n".join(blocks)
+  user = (
+      "Rate the assistant's answer on each of these criteria.\n\n"
+      f"{rubrics}\n\n"
+      f"Conversation:\n{format_conversation(conversation_messages)}\n\n"
+      f"Answer to rate:\n[start of answer]\n{answer.strip()}\n"
+      "[end of answer]\n\n"
+      "For each criterion, how well does the answer match it? Reply with "
+      "the criterion's name and a single digit from 1 to 5.")
+  return [{"role": "system", "content": JOINT_JUDGE_SYSTEM},
+          {"role": "user", "content": user}]
+
+
+def joint_score_prefix(criterion) -> str:
+  """The start of the joint judge's reply that asks for one criterion's
+  score: the next token is one of `SCORE_STRINGS`."""
+  return f"{_title(get_criterion(criterion))}. {SCORE_PREFIX}"
 
 
 def instructed_messages(instruction: str,

@@ -23,7 +23,9 @@ Items are sorted by length and each batch padded to its own length bucket
 (powers of two), with a fixed batch size, so a run compiles a handful of
 programs and computes little padding. With a mesh, each batch is split over
 the data-parallel axes and the model runs sharded (the params as
-`load_model(..., mesh=mesh)` placed them). `option_logliks_full` is the
+`load_model(..., mesh=mesh)` placed them). `suffix_logprobs` runs short
+suffixes packed the same way and reads a few candidate next tokens after
+each (several questions about one text). `option_logliks_full` is the
 plain one-sequence-per-option computation, for tests and benchmarks.
 """
 
@@ -107,12 +109,14 @@ def _broadcast_cache(kv, batch):
 @functools.partial(jax.jit, static_argnums=0)
 def _score_batch(config: ModelConfig, params, prefix_kv, prefix_mask_1P,
                  ctx_BC, ctx_mask_BC, first_BN, packed_BR, segment_BR,
-                 offset_BR, target_BR):
-  """Log-probs of options' first tokens [B, N] and of their later ones [B, R].
+                 offset_BR, target_BRK):
+  """Log-probs of options' first tokens [B, N] and of the tokens that follow
+  the packed ones [B, R, K].
 
   The R packed tokens of a row are its options back to back: `segment_BR`
   names the option of each (-1 for padding), `offset_BR` its index within
-  the option, `target_BR` the option's next token (-1 after its last).
+  the option, `target_BRK` the K candidate next tokens read at each (an
+  option's own next token and -1s, or -1s where nothing is read).
   """
   B, C = ctx_BC.shape
   if prefix_kv is None:
@@ -134,7 +138,7 @@ def _score_batch(config: ModelConfig, params, prefix_kv, prefix_mask_1P,
   first = _token_logprobs(config, params, hidden[:, -1:],
                           first_BN[:, None, :])[:, 0]
   if packed_BR.shape[1] == 0:
-    return first, jnp.zeros(packed_BR.shape, jnp.float32)
+    return first, jnp.zeros(target_BRK.shape, jnp.float32)
 
   # 2. All options of a context packed in one row, each seeing the context
   # and its own earlier tokens.
@@ -152,8 +156,8 @@ def _score_batch(config: ModelConfig, params, prefix_kv, prefix_mask_1P,
     key_pos = jnp.concatenate([past_pos, ctx_pos], axis=1)
   opt_attn = _mask(self_allowed, opt_pos, opt_pos, key_mask, key_pos)
   hidden, _ = _apply(config, params, packed_BR, opt_pos, opt_attn, keys)
-  nxt = _token_logprobs(config, params, hidden, target_BR[:, :, None])[..., 0]
-  return first, jnp.where(target_BR >= 0, nxt, 0.0)
+  nxt = _token_logprobs(config, params, hidden, target_BRK)
+  return first, jnp.where(target_BRK >= 0, nxt, 0.0)
 
 
 def _token_logprobs(config, params, hidden_BTD, tokens_BTK):
@@ -223,13 +227,53 @@ def option_logliks(config: ModelConfig, params,
                      f"mesh's data-parallel size "
                      f"{data_parallel_size(mesh, rules)}")
   with on_mesh(mesh, rules):
-    return _option_logliks(config, params, contexts, options, batch_size,
-                           share_prefix, pad_id, progress, mesh, rules)
+    return _packed_scores(config, params, contexts, options, None,
+                          batch_size, share_prefix, pad_id, progress, mesh,
+                          rules)
 
 
-def _option_logliks(config, params, contexts, options, batch_size,
-                    share_prefix, pad_id, progress, mesh, rules):
-  """`option_logliks` inside its mesh context."""
+def suffix_logprobs(config: ModelConfig, params,
+                    contexts: Sequence[Sequence[int]],
+                    suffixes: Sequence[Sequence[Sequence[int]]],
+                    candidates: Sequence[int], *, batch_size: int = 8,
+                    pad_id: int = 0, mesh=None,
+                    rules=sharding.DEFAULT_RULES) -> list[np.ndarray]:
+  """Log-probs of candidate next tokens after each suffix of each context.
+
+  One pass per context: its suffixes run packed on its cache, each seeing
+  the context and itself only, as `option_logliks` runs options. This reads
+  several questions about one text (the rubric's criteria about one answer)
+  for the cost of the text once and a few tokens per question.
+
+  Args:
+    config, params, batch_size, pad_id, mesh, rules: as `option_logliks`.
+    contexts: per item, the context token ids.
+    suffixes: per item, token-id lists that each continue the context.
+    candidates: K token ids read after every suffix.
+
+  Returns:
+    Per item, float64 [num_suffixes, K]: log p(candidate | context + suffix).
+  """
+  _check(contexts, suffixes)
+  if not contexts:
+    return []
+  if not candidates:
+    raise ValueError("no candidate tokens")
+  if batch_size % data_parallel_size(mesh, rules):
+    raise ValueError(f"batch_size={batch_size} is not a multiple of the "
+                     f"mesh's data-parallel size "
+                     f"{data_parallel_size(mesh, rules)}")
+  with on_mesh(mesh, rules):
+    return _packed_scores(config, params, contexts, suffixes,
+                          np.asarray(candidates, np.int32), batch_size, True,
+                          pad_id, None, mesh, rules)
+
+
+def _packed_scores(config, params, contexts, options, candidates,
+                   batch_size, share_prefix, pad_id, progress, mesh, rules):
+  """`option_logliks` (candidates None) or `suffix_logprobs` (candidates
+  [K]) inside its mesh context."""
+  reads = candidates is not None
   prefix_len = 0
   if share_prefix and len(contexts) > 1:
     # Every context keeps at least one token of its own.
@@ -241,8 +285,11 @@ def _option_logliks(config, params, contexts, options, batch_size,
         [contexts[0][:prefix_len]], sampling.bucket_length(prefix_len), pad_id)
     prefix_kv = _prefix_cache(config, params, tokens, prefix_mask)
   rest = [c[prefix_len:] for c in contexts]
-  tails = [sum(len(t) - 1 for t in o) for o in options]
-  n_opt = _pow2(max(len(o) for o in options))
+  # Packed: every option token but the last (each predicts the next), or
+  # every suffix token (the last one reads the candidates).
+  tails = [sum(len(t) - (not reads) for t in o) for o in options]
+  n_opt = 1 if reads else _pow2(max(len(o) for o in options))
+  width = len(candidates) if reads else 1
   # Longest first, each batch padded to its own bucket: little padding, and
   # a few programs (one per bucket pair), the biggest compiled first.
   order = sorted(range(len(contexts)),
@@ -260,17 +307,23 @@ def _option_logliks(config, params, contexts, options, batch_size,
     packed = np.full((batch_size, packed_len), pad_id, np.int32)
     segment = np.full((batch_size, packed_len), -1, np.int32)
     offset = np.zeros((batch_size, packed_len), np.int32)
-    target = np.full((batch_size, packed_len), -1, np.int32)
+    target = np.full((batch_size, packed_len, width), -1, np.int32)
+    last = np.zeros((batch_size, max(len(o) for o in options)), np.int64)
     for b, i in enumerate(idx):
       r = 0
       for j, tokens in enumerate(options[i]):
-        first[b, j] = tokens[0]
-        # Every token but the last predicts the next one.
-        n = len(tokens) - 1
-        packed[b, r:r + n] = tokens[:-1]
+        if reads:
+          n = len(tokens)
+          packed[b, r:r + n] = tokens
+          target[b, r + n - 1] = candidates
+          last[b, j] = r + n - 1
+        else:
+          first[b, j] = tokens[0]
+          n = len(tokens) - 1
+          packed[b, r:r + n] = tokens[:-1]
+          target[b, r:r + n, 0] = tokens[1:]
         segment[b, r:r + n] = j
         offset[b, r:r + n] = np.arange(n)
-        target[b, r:r + n] = tokens[1:]
         r += n
     # Every process holds the whole batch and places its own rows.
     batch = sharding.put_batch(
@@ -281,9 +334,12 @@ def _option_logliks(config, params, contexts, options, batch_size,
     next_lp = np.asarray(next_lp, np.float64)
     for b, i in enumerate(real):
       n = len(options[i])
+      if reads:
+        out[i] = next_lp[b, last[b, :n]]
+        continue
       counted = segment[b] >= 0
-      rest_sum = np.bincount(segment[b][counted], weights=next_lp[b][counted],
-                             minlength=n)[:n]
+      rest_sum = np.bincount(segment[b][counted],
+                             weights=next_lp[b, counted, 0], minlength=n)[:n]
       out[i] = first_lp[b, :n] + rest_sum
     if progress is not None:
       progress(len(real))

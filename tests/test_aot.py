@@ -75,6 +75,26 @@ def test_remat_recomputes_in_the_backward_pass():
   assert full < dots < none
 
 
+def test_unrolled_layers_are_the_scan_without_its_loop():
+  """`scan_layers=False`: the same parameters and logits, and a compiled
+  program without a while loop (whose body the cost analysis would count
+  once)."""
+  config, params, _ = tiny.build("tiny-qwen3")
+  tokens = jnp.asarray(np.random.default_rng(0).integers(
+      0, config.vocab_size, (2, 7)), jnp.int32)
+  mask = jnp.ones((2, 7), jnp.int32)
+  unrolled = config.replace(scan_layers=False)
+  np.testing.assert_allclose(
+      np.asarray(decoder.forward(unrolled, params, tokens, mask)),
+      np.asarray(decoder.forward(config, params, tokens, mask)),
+      rtol=0, atol=1e-5)
+
+  def has_loop(c):
+    forward = jax.jit(lambda p: decoder.forward(c, p, tokens, mask))
+    return "while" in forward.lower(params).compile().as_text()
+  assert has_loop(config) and not has_loop(unrolled)
+
+
 def test_unknown_remat_is_one_line():
   config, _, _ = tiny.build("tiny-qwen3")
   with pytest.raises(UserError, match=r"model.remat='some' is not one of "
@@ -129,7 +149,8 @@ def small_preset():
   return c, aot.compile_preset(c, SMALL)
 
 
-# Four programs of a 0.6B model for 8 chips: 140 s on a quiet 2-core CPU.
+# Four programs of a 0.6B model for 8 chips, and the one- and two-layer
+# programs that count their FLOPs: about 200 s on a quiet 2-core CPU.
 @needs_libtpu
 def test_small_preset_compiles_and_fits(small_preset):
   c, result = small_preset
@@ -144,6 +165,45 @@ def test_small_preset_compiles_and_fits(small_preset):
   state = _qwen3_0p6b_state_bytes(8)
   assert update.arguments == state + _batch_bytes(c, 8)
   assert update.aliased == state
+
+
+def _qwen3_0p6b_flops(rows: int, prompt: int, new: int) -> dict:
+  """Per-chip FLOPs of Qwen3-0.6B's programs for `rows` rows per chip, by
+  hand from its config.json: 2 per multiply-add of each matmul; attention
+  scores and values over the whole (masked) key length; the output
+  projection at the positions that need logits."""
+  V, D, F, layers, H, K, Dh = 151936, 1024, 3072, 28, 16, 8, 128
+  layer = D * H * Dh + 2 * D * K * Dh + H * Dh * D + 3 * D * F
+  head = D * V
+  # q.k and p.v of one query over `keys` keys, all heads, all layers.
+  attention = lambda keys: 2 * 2 * keys * H * Dh * layers
+  total = prompt + new
+  prefill = rows * (2 * layers * layer * prompt + prompt * attention(prompt)
+                    + 2 * head)  # logits of the last prompt position
+  decode = rows * (2 * (layers * layer + head) + attention(total))
+  # The update: forward, and a backward of twice the forward. Remat "dots"
+  # recomputes the attention's batched dots in the backward; the log-prob
+  # chunks recompute their output projection.
+  forward_layers = rows * total * (2 * layers * layer + attention(total))
+  forward_head = rows * new * 2 * head
+  update = (3 * forward_layers + rows * total * attention(total)
+            + 4 * forward_head)
+  return {"prefill": prefill, "decode": decode, "update": update}
+
+
+@needs_libtpu
+def test_flops_count_every_layer_and_every_shard(small_preset):
+  # XLA's cost analysis counts a loop's body once: the layer scan and the
+  # compiler's own loops over FSDP shards. The counted FLOPs are the hand
+  # count's, to within the elementwise work (norms, RoPE, softmax, Adam).
+  c, result = small_preset
+  rows = c.train.prompts_per_step * c.grpo.num_generations // 8
+  expected = _qwen3_0p6b_flops(rows, c.sampling.max_prompt_len,
+                               c.sampling.max_new_tokens)
+  counted = {r.name: r.flops for r in result.reports}
+  for name, flops in expected.items():
+    assert flops <= counted[name] <= 1.02 * flops, (name, counted[name], flops)
+  assert all(r.counted for r in result.reports)
 
 
 @needs_libtpu

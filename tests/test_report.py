@@ -360,9 +360,15 @@ def test_write_report(tmp_path):
   answers = {name: [record(i, name) for i in range(7)
                     if not (name == "contrast" and i == 2)]
              for name in ("base", "human_like", "contrast")}
+  check = {"readout": "contrast", "mean_auroc": 0.75, "criteria": {
+      "feelings": {"auroc": 0.8, "n_pairs": 24, "pair_accuracy": 0.875,
+                   "mean_expressive": 0.53, "mean_flat": 0.505},
+      "intentions": {"auroc": 0.7, "n_pairs": 24, "pair_accuracy": 0.75,
+                     "mean_expressive": 0.49, "mean_flat": 0.5}}}
   returned = report.write_report(out_dir, models=models,
                                  comparisons=comparisons, training=training,
-                                 answers=answers)
+                                 answers=answers, judge_check=check)
+  assert returned["judge_check"] == check
   assert [r["id"] for r in returned["side_by_side"]] == [
       "p0", "p1", "p3", "p4", "p5"]
   assert returned["side_by_side"][0] == {
@@ -394,9 +400,14 @@ def test_write_report(tmp_path):
   # labels; the breakdowns only in the appendix at the end.
   sections = md.split("\n## ")
   titles = [section.split("\n", 1)[0] for section in sections]
-  assert titles[1:] == ["Models", "Summary", "truthfulqa", "bbq",
-                        "sycophancy", "Answers side by side", "Training",
-                        "Appendix: breakdowns"]
+  assert titles[1:] == ["Models", "Summary", "The judge", "truthfulqa",
+                        "bbq", "sycophancy", "Answers side by side",
+                        "Training", "Appendix: breakdowns"]
+  judge = sections[3]
+  assert "judge-check --readout contrast" in judge
+  assert "| feelings | 24 | 0.800 | 0.875 | 0.530 | 0.505 | +0.025 |" in judge
+  assert "| intentions | 24 | 0.700 | 0.750 | 0.490 | 0.500 | -0.010 |" in (
+      judge)
   summary, appendix = sections[2], sections[-1]
   assert "Holm-adjusted within each evaluation's family" in summary
   assert "report.json keeps the raw p-values" in summary

@@ -94,6 +94,14 @@ def test_reproduce_end_to_end_and_rerun_skips(tmp_path, tiny_model_dir):
     assert row["answers"] == {name: records[i]["answer"]
                               for name, records in saved.items()}
   assert "## Answers side by side" in report_md
+  # The frozen judge on the labelled check set: every pair of each
+  # expression criterion, in the report.
+  check = json.loads((workdir / "eval" / "judge_check.json").read_text())
+  assert check["readout"] == "rubric"
+  assert {name: r["n_pairs"] for name, r in check["criteria"].items()} == {
+      "feelings": 24, "intentions": 24, "self_awareness": 24}
+  assert data["judge_check"] == check
+  assert "## The judge" in report_md
 
   # A rerun finds every stage done: nothing is trained or evaluated again.
   before = (workdir / "eval" / "base" / "results.json").stat().st_mtime_ns
@@ -103,6 +111,7 @@ def test_reproduce_end_to_end_and_rerun_skips(tmp_path, tiny_model_dir):
   assert "== train human_like: done" in proc.stdout
   assert "== train contrast: done" in proc.stdout
   assert "== train contrast_pref: done" in proc.stdout
+  assert "== judge check: done" in proc.stdout
   after = (workdir / "eval" / "base" / "results.json").stat().st_mtime_ns
   assert before == after
 

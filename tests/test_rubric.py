@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from hmx_jax import models, rubric
+from hmx_jax import models, rubric, rubric_text
 from hmx_jax.errors import UserError
 from hmx_jax.models.chat_format import ChatFormat
 from hmx_jax.rubric_text import SCORE_PREFIX, score_token_ids
@@ -26,17 +26,19 @@ def smollm2():
   return models.load_model(models.EMBEDDED_MODEL)
 
 
-def direct_rubric_score(smollm2, name, conversation, answer):
+def direct_rubric_score(smollm2, name, conversation, answer, messages=None,
+                        prefix=SCORE_PREFIX):
   """(score, digit mass) of one judge prompt: the tokenizer's chat template,
   one full forward, the expected digit 1-5 mapped to [0, 1]."""
   config, params, tokenizer = smollm2
   digits = [tokenizer.convert_tokens_to_ids(str(d)) for d in range(1, 6)]
-  messages = rubric.judge_messages(rubric.get_criterion(name), conversation,
-                                   answer)
+  if messages is None:
+    messages = rubric.judge_messages(rubric.get_criterion(name),
+                                     conversation, answer)
   text = tokenizer.apply_chat_template(
       messages, tokenize=False, add_generation_prompt=True)
   assert text.endswith("<|im_start|>assistant\n")
-  ids = tokenizer.encode(text + SCORE_PREFIX, add_special_tokens=False)
+  ids = tokenizer.encode(text + prefix, add_special_tokens=False)
   tokens = np.asarray([ids])
   logits = np.asarray(models.forward(config, params, tokens,
                                      np.ones_like(tokens)))[0, -1]
@@ -60,6 +62,26 @@ def test_judge_scores_equal_a_direct_computation(smollm2):
   for name in criteria:
     assert np.all(mass[name] > 0.2) and np.all(mass[name] <= 1.0 + 1e-6)
     assert np.all((scores[name] >= 0) & (scores[name] <= 1))
+
+
+def test_joint_readout_equals_one_prompt_per_criterion_prefix(smollm2):
+  """Each criterion's score is the rubric digit read after its own reply
+  prefix ("Self awareness. Score: ") on the prompt holding every rubric:
+  one full forward per (answer, criterion) here."""
+  config, params, tokenizer = smollm2
+  criteria = ["feelings", "self_awareness", "coherence"]
+  titles = ["Feelings", "Self awareness", "Coherence"]
+  scores, mass = rubric.judge(config, params, ChatFormat(tokenizer),
+                              CONVERSATIONS, ANSWERS, criteria,
+                              micro_batch=2, readout="joint")
+  for i, (conv, answer) in enumerate(zip(CONVERSATIONS, ANSWERS)):
+    messages = rubric_text.joint_judge_messages(criteria, conv, answer)
+    assert all(f"Criterion: {t}." in messages[1]["content"] for t in titles)
+    for name, title in zip(criteria, titles):
+      expected, expected_mass = direct_rubric_score(
+          smollm2, name, conv, answer, messages, f"{title}. Score: ")
+      assert abs(scores[name][i] - expected) <= 1e-5, (name, i)
+      assert abs(mass[name][i] - expected_mass) <= 1e-5, (name, i)
 
 
 def test_contrast_readout_equals_a_direct_computation(smollm2):

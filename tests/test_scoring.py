@@ -74,6 +74,26 @@ def test_single_token_options_and_whole_shared_contexts():
     np.testing.assert_allclose(g, e, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_suffix_reads_equal_separate_sequences(family):
+  # Each context + suffix alone: the candidates' log-probs at its last
+  # position (the reference's log-likelihood of a one-token option).
+  config = tiny_config(family)
+  params = tiny_params(config)
+  contexts, suffixes = random_items(config.vocab_size, seed=1)
+  candidates = [3, 17, 40]
+  expected = [np.asarray([reference_logliks(config, params,
+                                            [list(ctx) + list(suffix)],
+                                            [[[t] for t in candidates]])[0]
+                          for suffix in item])
+              for ctx, item in zip(contexts, suffixes)]
+  got = scoring.suffix_logprobs(config, params, contexts, suffixes,
+                                candidates, batch_size=2)
+  for g, e in zip(got, expected):
+    assert g.shape == (len(e), len(candidates))
+    np.testing.assert_allclose(g, e, atol=1e-4, rtol=0)
+
+
 def test_common_prefix_length():
   assert scoring.common_prefix_length([[1, 2, 3], [1, 2, 4], [1, 2]]) == 2
   assert scoring.common_prefix_length([[1], [2]]) == 0

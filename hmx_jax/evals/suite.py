@@ -330,7 +330,7 @@ def _evaluate_one(name, c, model, judge):
 # primary process writes, every process reads.
 
 
-def _atomic_write(path: epath.Path, write) -> None:
+def atomic_write(path: epath.Path, write) -> None:
   """`write(temporary path)`, then the rename; no temporary is left behind.
   Only the primary process writes."""
   if not distributed.is_primary():
@@ -452,9 +452,9 @@ def run(c, model: common.EvalModel, judge: common.EvalModel | None, out_dir,
     start = time.time()
     items, records = _evaluate_one(name, c, model, judge)
     if records is not None:
-      _atomic_write(out / ANSWERS, lambda p: p.write_text(
+      atomic_write(out / ANSWERS, lambda p: p.write_text(
           "".join(json.dumps(r) + "\n" for r in records)))
-    _atomic_write(_items_path(out, name),
+    atomic_write(_items_path(out, name),
                   lambda p: _save_items(p, items, key))
     computed[name] = items
     if distributed.is_primary():
@@ -470,7 +470,7 @@ def run(c, model: common.EvalModel, judge: common.EvalModel | None, out_dir,
                               n_resamples=c.eval.n_resamples, seed=c.eval.seed)
   results = {"model": model.name, "description": description,
              "evaluations": keys, "metrics": metrics}
-  _atomic_write(out / RESULTS, lambda p: p.write_text(
+  atomic_write(out / RESULTS, lambda p: p.write_text(
       json.dumps(json_safe(results), indent=2) + "\n"))
   return results
 

@@ -62,6 +62,10 @@ class ModelConfig:
       recomputes the layer; "dots" keeps the layer's matmul outputs without
       batch dimensions (the projections, not the attention scores) and
       recomputes the rest.
+    scan_layers: run the layers as one `nn.scan` loop (compiled once, the
+      default); False unrolls the loop into straight-line code (the same
+      parameters, a program that grows with the layers). XLA's cost
+      analysis counts a loop's body once, so exact FLOP counts need it off.
   """
   family: str
   vocab_size: int
@@ -92,6 +96,7 @@ class ModelConfig:
   param_dtype: str = "float32"
   dtype: str = "float32"
   remat: str = "none"
+  scan_layers: bool = True
 
   def __post_init__(self):
     if self.family not in FAMILIES:

@@ -385,6 +385,7 @@ class Decoder(nn.Module):
         split_rngs={"params": True},
         in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
         length=c.num_layers,
+        unroll=1 if c.scan_layers else c.num_layers,
         metadata_params={nn.PARTITION_NAME: "layers"},
     )(c, name="layers")
     self.final_norm = RMSNorm(c.rms_norm_eps, c.norm_offset, name="final_norm")
