@@ -240,6 +240,8 @@ def judge_check_stage(c, judge: common.EvalModel, path: epath.Path) -> None:
              for name, r in results.items() if isinstance(r, dict)}
   value = {"key": _judge_key(c), "readout": c.eval.expression.readout,
            "criteria": summary, "mean_auroc": results["mean_auroc"]}
+  if distributed.is_primary():
+    path.parent.mkdir(parents=True, exist_ok=True)
   suite.atomic_write(path, lambda p: p.write_text(
       json.dumps(value, indent=2) + "\n"))
 
