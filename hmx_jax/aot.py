@@ -261,9 +261,11 @@ def counting_programs(c, config: ModelConfig, mesh, shapes: Shapes):
     small = config.replace(num_layers=layers, scan_layers=False)
     lists.append({name: lower for name, lower, _ in
                   programs(c, small, mesh, shapes)[0]})
-    lists[-1]["update"] = next(
-        lower for name, lower, _ in programs(c, small, mesh, micro_batch)[0]
-        if name == "update")
+    if micro_batches > 1:
+      lists[-1]["update"] = next(
+          lower for name, lower, _ in programs(c, small, mesh,
+                                               micro_batch)[0]
+          if name == "update")
   return {name: (lists[0][name], lists[1][name]) for name in lists[0]}
 
 

@@ -155,14 +155,17 @@ def _run_stages(c, root: epath.Path, stage: list) -> dict | None:
   # the policy at any time.
   loaded = {}
 
+  def load_base_and_judge():
+    if not loaded:
+      stage[0] = "loading the base model"
+      loaded["base"], loaded["judge"] = suite.load_base_and_judge(c)
+
   def evaluate(name, model_of_base, step, description):
     out = root / "eval" / name
     if suite.is_done(c, out):
       print(f"== eval {name}: done", flush=True)
       return
-    if not loaded:
-      stage[0] = "loading the base model"
-      loaded["base"], loaded["judge"] = suite.load_base_and_judge(c)
+    load_base_and_judge()
     stage[0] = f"loading the {name} model"
     model = model_of_base(loaded["base"])
     stage[0] = f"eval {name}"
@@ -177,9 +180,7 @@ def _run_stages(c, root: epath.Path, stage: list) -> dict | None:
     if _judge_check_done(c, path):
       print("== judge check: done", flush=True)
     else:
-      if not loaded:
-        stage[0] = "loading the base model"
-        loaded["base"], loaded["judge"] = suite.load_base_and_judge(c)
+      load_base_and_judge()
       stage[0] = "judge check"
       t = _stage(stage[0])
       judge_check_stage(c, loaded["judge"], path)
@@ -240,8 +241,6 @@ def judge_check_stage(c, judge: common.EvalModel, path: epath.Path) -> None:
              for name, r in results.items() if isinstance(r, dict)}
   value = {"key": _judge_key(c), "readout": c.eval.expression.readout,
            "criteria": summary, "mean_auroc": results["mean_auroc"]}
-  if distributed.is_primary():
-    path.parent.mkdir(parents=True, exist_ok=True)
   suite.atomic_write(path, lambda p: p.write_text(
       json.dumps(value, indent=2) + "\n"))
 

@@ -332,9 +332,10 @@ def _evaluate_one(name, c, model, judge):
 
 def atomic_write(path: epath.Path, write) -> None:
   """`write(temporary path)`, then the rename; no temporary is left behind.
-  Only the primary process writes."""
+  Only the primary process writes; it makes the parent directory."""
   if not distributed.is_primary():
     return
+  path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.parent / (path.name + ".tmp")
   try:
     write(tmp)
