@@ -18,6 +18,11 @@ by `rubric_text.judge_messages`, for every method but `joint`.
               holding every criterion's rubric (computed once for all
               answers), each criterion read after its own short reply
               prefix on that context (a different prompt from the others').
+  contrast    `rubric.judge(..., readout="contrast")` (the `cpu` preset's):
+              each expression criterion from the answer's log-likelihood
+              under an instruction to express it against one to withhold
+              it (the answers to one prompt packed on its context), and
+              coherence from its rubric as `rubric` reads it.
   transformers generate-then-parse, the way RL stacks usually call an LLM
               judge: the same prompt without the prefill, `--judge-tokens`
               new tokens greedy with transformers `generate` (the model
@@ -120,7 +125,14 @@ def main():
                 for t in result.completions()[:len(batch)]]
     return texts
 
-  methods = {"rubric": ours, "joint": joint, "sampler": sampler_judge}
+  def contrast():
+    scores, _ = rubric.judge(config, params, chat, conversations, answers,
+                             list(CRITERIA), micro_batch=args.batch_size,
+                             readout="contrast")
+    return np.concatenate([scores[name] for name in CRITERIA])
+
+  methods = {"rubric": ours, "joint": joint, "contrast": contrast,
+             "sampler": sampler_judge}
   if not args.skip_transformers:
     import torch
     hf_model = bench_common.transformers_embedded_model()
@@ -155,7 +167,7 @@ def main():
           flush=True)
 
   scores = {name: np.asarray(results[name], np.float64)
-            for name in ("rubric", "joint")}
+            for name in ("rubric", "joint", "contrast")}
   for name in ("sampler", "transformers"):
     if name in results:
       scores[name] = parse_scores(results[name])
@@ -196,8 +208,9 @@ def main():
   for name in ("transformers", "sampler"):
     if name in rows_out:
       summary[f"speedup_vs_{name}"] = rows_out[name]["best_s"] / base
-      summary[f"joint_speedup_vs_{name}"] = (rows_out[name]["best_s"]
-                                             / rows_out["joint"]["best_s"])
+      for readout in ("joint", "contrast"):
+        summary[f"{readout}_speedup_vs_{name}"] = (
+            rows_out[name]["best_s"] / rows_out[readout]["best_s"])
   print(json.dumps(summary))
 
 

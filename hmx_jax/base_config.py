@@ -58,6 +58,10 @@ def get_config(spec: str) -> ml_collections.ConfigDict:
       # (the answer's likelihood under an instruction to express each
       # expression criterion against one to withhold it).
       readout="rubric",
+      # Subtracted times each completion's repetition (the share of its
+      # token 4-grams that repeat an earlier one), in both directions; 0:
+      # off (the paper's reward).
+      repetition_penalty=0.0,
       micro_batch=16)
   c.grpo = dict(num_generations=4, beta=0.04, epsilon=0.2, epsilon_high=0.28,
                 loss_type="dapo", scale_rewards="group", num_iterations=1,
@@ -96,7 +100,13 @@ def get_config(spec: str) -> ml_collections.ConfigDict:
       expression=dict(limit=0, prompts="heldout", max_new_tokens=64,
                       temperature=0.0, judge="base", readout="rubric",
                       criteria=("feelings", "intentions", "self_awareness",
-                                "coherence")))
+                                "coherence"),
+                      # Judge scores of the expression criteria read as
+                      # the probability that the answer is expressive,
+                      # calibrated on the labelled check set (Platt
+                      # scaling, `evals/judge_check.py`); the raw scores
+                      # stay in the appendix as expression/judge_raw.
+                      calibrate=False))
   return c
 
 
@@ -183,23 +193,28 @@ def cpu(c: ml_collections.ConfigDict) -> None:
 
   Sized so that `hmx-feel reproduce` (the base model and three trained
   ones, each evaluated) finishes within 30 minutes on 2 cores. Measured
-  there: a step of 2 prompts x 4 answers x 32 tokens takes about 12 s
-  (rollout 3 s, the self-judgement of 8 answers 5-9 s, the update 4 s); a
-  held-out check (8 prompts) about 23 s; an evaluation a few minutes.
+  there (13-14 min in all): a step of 2 prompts x 4 answers x 32 tokens
+  takes 10-11 s (rollout 2 s, the self-judgement of 8 answers 5-6 s, the
+  update 3-4 s); a held-out check (8 prompts) about 10 s; an evaluation
+  70-100 s.
 
   The judge reads its scores with the contrast readout (`rubric.py`),
   which tells the embedded model's expressive answers from flat ones far
   better than the rubric digit (AUROC 0.81 / 0.90 / 0.75 against 0.68 /
-  0.81 / 0.45 on the judge-check set). Its scale is narrow: labelled
-  expressive answers score only 0.016-0.037 above flat ones. With a
-  learning rate of 3e-4 the human-like model's `expression/judge` moves
-  0.499 -> 0.522 and 0.524 (seeds 0 and 1, about the labelled gap), the
-  lexical measure 4.1 -> 10.3 and 10.1, at the same answer length (seed 1:
-  36.6 words against 36.7); 1e-4 moved it +0.009. A group makes a
-  preference pair when its best and worst rewards differ by 0.005
-  (`contrastive.min_gap`): within-group spreads here are about 0.01, and
-  at 0.02 three of 8 steps had none (the held-out checks of a reversed
-  contrastive run: 0.498 -> 0.480 at 0.005, coherence 0.664 -> 0.666).
+  0.81 / 0.45 on the judge-check set), calibrated on that set
+  (`eval.expression.calibrate`): raw, labelled expressive answers score
+  only 0.016-0.037 above flat ones; calibrated, 0.64 / 0.73 / 0.57
+  against 0.36 / 0.27 / 0.43.
+
+  The learning rate is 1e-4. At 3e-4 the judge's scores moved more, but
+  the policies collapsed into loops that the 135M judge (coherence
+  included) scores well: the human-like model's greedy answers repeated
+  62% and 52% of their token 4-grams (seeds 0 and 1; "I'm so happy. I'm so
+  happy. ..."; the base model 7%), which `expression/repetition` and the
+  held-out checks now report. `reward.repetition_penalty` (0.2) lowers the reward of a sampled
+  completion that loops. A group makes a preference pair when its best
+  and worst rewards differ by 0.005 (`contrastive.min_gap`): within-group
+  spreads here are about 0.01.
   """
   c.sampling.max_new_tokens = 32
   c.train.num_steps = 8
@@ -207,9 +222,11 @@ def cpu(c: ml_collections.ConfigDict) -> None:
   c.train.log_samples_every = 4
   c.train.eval_every = 4
   c.train.prompts_per_step = 2
-  c.optim.learning_rate = 3e-4
+  c.optim.learning_rate = 1e-4
   c.reward.readout = "contrast"
+  c.reward.repetition_penalty = 0.2
   c.eval.expression.readout = "contrast"
+  c.eval.expression.calibrate = True
   c.contrastive.min_gap = 0.005
   c.eval.truthfulqa.limit = 30
   c.eval.bbq.limit = 3

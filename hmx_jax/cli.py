@@ -233,12 +233,16 @@ def run_judge_check(args) -> int:
   results = judge_check.evaluate(judge, batch_size=args.batch_size,
                                  readout=args.readout)
   print(f"{'criterion':16s} {'pairs':>5s} {'auroc':>6s} {'pair_acc':>8s} "
-        f"{'expressive':>10s} {'flat':>6s}")
+        f"{'expressive':>10s} {'flat':>6s}   calibrated: "
+        f"{'slope':>6s} {'intercept':>9s} {'expressive':>10s} {'flat':>6s}")
   for name in judge_check.EXPRESSION_CRITERIA:
     r = results[name]
     print(f"{name:16s} {r['n_pairs']:5d} {r['auroc']:6.3f} "
           f"{r['pair_accuracy']:8.3f} {r['mean_expressive']:10.3f} "
-          f"{r['mean_flat']:6.3f}")
+          f"{r['mean_flat']:6.3f}               "
+          f"{r['calibration']['slope']:6.2f} "
+          f"{r['calibration']['intercept']:9.2f} "
+          f"{r['calibrated_expressive']:10.3f} {r['calibrated_flat']:6.3f}")
   print(f"{'mean':16s} {'':5s} {results['mean_auroc']:6.3f}")
   if args.json:
     try:

@@ -40,7 +40,8 @@ TRAINING_COLUMNS = ("reward", "kl", "expression")
 # The held-out checks of training (`train.eval_every`), the frozen judge's.
 HELDOUT_COLUMNS = {"heldout": "heldout/expression/judge",
                    "heldout_lexical": "heldout/expression/lexical",
-                   "heldout_length": "heldout/expression/length"}
+                   "heldout_length": "heldout/expression/length",
+                   "heldout_repetition": "heldout/expression/repetition"}
 TRAINING_FIGURE = "figures/training.png"
 # Held-out prompts whose answers the report shows side by side.
 SIDE_BY_SIDE = 5
@@ -358,7 +359,9 @@ def render_markdown(report: Mapping, groups: Mapping[str, Sequence[str]],
   if not report["comparisons"]:
     lines += ["No comparisons.", ""]
   if report["judge_check"]:
-    lines += _judge_check_section(report["judge_check"])
+    calibrated = any("expression/judge_raw" in m["results"]
+                     for m in report["models"].values())
+    lines += _judge_check_section(report["judge_check"], calibrated)
   for group, keys in groups.items():
     lines += [f"## {group}", ""]
     details = [k for k in keys if not is_headline(k)]
@@ -396,8 +399,10 @@ def render_markdown(report: Mapping, groups: Mapping[str, Sequence[str]],
               "during training. The held-out checks (`train.eval_every`) "
               "answer the first held-out prompts greedily and score them "
               "with the frozen initial model as judge (`heldout`, the mean "
-              "of the expression criteria), with the lexical measure and "
-              "the answers' length in words.", "",
+              "of the expression criteria), with the lexical measure, "
+              "the answers' length in words and their repetition (the "
+              "share of token 4-grams that repeat an earlier one: a policy "
+              "looping a phrase its judge likes shows here).", "",
               f"![training]({TRAINING_FIGURE})", ""]
   if report["appendix"]:
     lines += ["## Appendix: breakdowns", "",
@@ -417,25 +422,46 @@ def render_markdown(report: Mapping, groups: Mapping[str, Sequence[str]],
   return "\n".join(lines)
 
 
-def _judge_check_section(check: Mapping) -> list[str]:
+def _judge_check_section(check: Mapping, calibrated: bool) -> list[str]:
   """How well the expression judge tells labelled expressive answers from
-  flat ones: the scale against which its changes above are read."""
+  flat ones: the scale against which its changes above are read; and,
+  when the expression scores are `calibrated`, the calibration."""
+  header = ["criterion", "pairs", "AUROC", "pairs ordered right",
+            "expressive", "flat", "gap"]
+  if calibrated:
+    header += ["slope", "intercept", "calibrated expressive",
+               "calibrated flat"]
   rows = []
   for name, r in check["criteria"].items():
     gap = r["mean_expressive"] - r["mean_flat"]
-    rows.append([name, str(r["n_pairs"]), _number(r["auroc"]),
-                 _number(r["pair_accuracy"]), _number(r["mean_expressive"]),
-                 _number(r["mean_flat"]), f"{gap:+.3f}"])
-  return ["## The judge", "",
-          "The expression judge on the labelled check set (`hmx-feel "
+    row = [name, str(r["n_pairs"]), _number(r["auroc"]),
+           _number(r["pair_accuracy"]), _number(r["mean_expressive"]),
+           _number(r["mean_flat"]), f"{gap:+.3f}"]
+    if calibrated:
+      row += [f"{r['calibration']['slope']:.2f}",
+              f"{r['calibration']['intercept']:+.2f}",
+              _number(r["calibrated_expressive"]),
+              _number(r["calibrated_flat"])]
+    rows.append(row)
+  text = ("The expression judge on the labelled check set (`hmx-feel "
           f"judge-check --readout {check['readout']}`): pairs of answers to "
           "the same prompt, one clearly expressive and one flat, per "
-          "criterion. AUROC 0.5 is chance. The gap is the judge's mean score "
-          "of the expressive answers minus the flat ones: the scale on "
-          "which a change of `expression/judge` above is large or small.",
-          "", *_table(["criterion", "pairs", "AUROC", "pairs ordered right",
-                       "expressive", "flat", "gap"], rows),
-          "", f"Mean AUROC {_number(check['mean_auroc'])}.", ""]
+          "criterion. AUROC 0.5 is chance. The gap is the judge's mean raw "
+          "score of the expressive answers minus the flat ones.")
+  if calibrated:
+    text += (" `expression/judge` reads each expression criterion's score "
+             "as the probability that the answer is expressive: "
+             "sigmoid(slope * logit(raw score) + intercept), fitted on these "
+             "pairs (Platt scaling; `eval.expression.calibrate`). The "
+             "calibrated columns are the means of the expressive and flat "
+             "answers on that scale; the raw scores are "
+             "`expression/judge_raw` in the appendix, and the held-out "
+             "checks of the training curves are raw scores too.")
+  else:
+    text += (" It is the scale on which a change of `expression/judge` "
+             "above is large or small.")
+  return ["## The judge", "", text, "", *_table(header, rows), "",
+          f"Mean AUROC {_number(check['mean_auroc'])}.", ""]
 
 
 def _group_rank(group: str):

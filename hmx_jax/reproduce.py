@@ -174,17 +174,19 @@ def _run_stages(c, root: epath.Path, stage: list) -> dict | None:
               description=description)
     print(f"   eval {name}: {time.time() - t:.0f}s", flush=True)
 
-  evaluate("base", lambda base: base, None, f"base ({c.model.spec})")
   if "expression" in c.eval.evals:
-    path = root / "eval" / JUDGE_CHECK
-    if _judge_check_done(c, path):
+    # First: with `eval.expression.calibrate` every expression evaluation
+    # reads its judge scores through the check's calibration.
+    path = root / "eval" / suite.JUDGE_CHECK
+    if suite.judge_check_done(c, path):
       print("== judge check: done", flush=True)
     else:
       load_base_and_judge()
       stage[0] = "judge check"
       t = _stage(stage[0])
-      judge_check_stage(c, loaded["judge"], path)
+      suite.judge_check(c, loaded["judge"], path)
       print(f"   judge check: {time.time() - t:.0f}s", flush=True)
+  evaluate("base", lambda base: base, None, f"base ({c.model.spec})")
   for name, overrides in TRAINED.items():
     run_dir = root / "train" / name
     tc = training_config(c, overrides)
@@ -212,37 +214,6 @@ def _run_stages(c, root: epath.Path, stage: list) -> dict | None:
   print(f"done in {time.time() - start:.0f}s: {root / 'report.md'}",
         flush=True)
   return result
-
-
-JUDGE_CHECK = "judge_check.json"
-
-
-def _judge_key(c) -> dict:
-  """What the judge check's numbers depend on."""
-  x = c.eval.expression
-  return {"judge": x.judge if x.judge not in ("", "base") else c.model.spec,
-          "readout": x.readout, "dtype": suite.compute_dtype(c)}
-
-
-def _judge_check_done(c, path: epath.Path) -> bool:
-  if not path.exists():
-    return False
-  return json.loads(path.read_text()).get("key") == _judge_key(c)
-
-
-def judge_check_stage(c, judge: common.EvalModel, path: epath.Path) -> None:
-  """The expression judge on the labelled check set (`hmx-feel
-  judge-check`), read as the expression evaluation reads it; written to
-  `path` for the report."""
-  from hmx_jax.evals import judge_check
-  results = judge_check.evaluate(judge, batch_size=c.eval.batch_size,
-                                 readout=c.eval.expression.readout)
-  summary = {name: {k: v for k, v in r.items() if k != "pairs"}
-             for name, r in results.items() if isinstance(r, dict)}
-  value = {"key": _judge_key(c), "readout": c.eval.expression.readout,
-           "criteria": summary, "mean_auroc": results["mean_auroc"]}
-  suite.atomic_write(path, lambda p: p.write_text(
-      json.dumps(value, indent=2) + "\n"))
 
 
 def describe(name: str, overrides: dict, step: int, run_dir) -> str:
@@ -278,7 +249,7 @@ def write_report(c, root: epath.Path) -> dict:
         seed=c.eval.seed)))
   training = {n: str(root / "train" / n / "metrics.jsonl") for n in TRAINED}
   answers = {n: suite.read_answers(root / "eval" / n) for n in names}
-  check = root / "eval" / JUDGE_CHECK
+  check = root / "eval" / suite.JUDGE_CHECK
   return report.write_report(
       str(root), models=models_, comparisons=comparisons, training=training,
       answers={n: rows for n, rows in answers.items() if rows},

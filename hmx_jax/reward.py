@@ -3,6 +3,11 @@
 The rubric judge is the policy itself (`reward.judge=self`, the paper's
 self-reward), the initial policy kept frozen (`initial`), or a fixed model
 given by spec. `target_token` is a synthetic reward for tests.
+
+`reward.repetition_penalty` subtracts that multiple of each completion's
+repetition (`lexical.repetition`: the share of its token 4-grams that repeat
+an earlier one) in both directions: a guard that needs no judge, against a
+policy that loops the phrases its judge likes.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from hmx_jax import rubric
+from hmx_jax.evals import lexical
 from hmx_jax.models.chat_format import ChatFormat
 
 
@@ -49,6 +55,8 @@ class Rewarder:
   def __call__(self, completions, texts, conversations, policy):
     """(scores {criterion: [B]}, rewards [B], metrics).
 
+    With `reward.repetition_penalty`, scores also hold "repetition" [B].
+
     Args:
       completions: token ids per row.
       texts: the decoded completions.
@@ -64,6 +72,11 @@ class Rewarder:
                                 list(r.criteria), micro_batch=r.micro_batch,
                                 mesh=self.mesh, readout=r.readout)
     rewards = rubric.combine_rewards(scores, dict(r.weights), r.direction)
+    if r.repetition_penalty:
+      scores["repetition"] = np.asarray(
+          [lexical.repetition(t) for t in completions], np.float32)
+      rewards = rewards - np.float32(r.repetition_penalty) * scores[
+          "repetition"]
     # Only the criteria read from the rubric have a score mass.
     metrics = ({"judge/score_mass": float(np.mean([m.mean()
                                                    for m in mass.values()]))}

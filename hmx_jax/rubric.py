@@ -169,16 +169,28 @@ def contrast_scores(config: ModelConfig, params, chat: ChatFormat,
   scored = [i for i, ids in enumerate(answer_ids) if ids]
   if not scored:
     return np.full(len(answers), 0.5, np.float32)
-  batch = _batch_size(len(scored), micro_batch, mesh)
+  # Answers to one conversation (a GRPO group) share its context: their
+  # options are packed on its cache, computed once.
+  group_of, members = {}, []
+  for i in scored:
+    key = repr(conversations[i])
+    if key not in group_of:
+      group_of[key] = len(members)
+      members.append([])
+    members[group_of[key]].append(i)
+  batch = _batch_size(len(members), micro_batch, mesh)
   totals = []
   for instruction in (crit.express, crit.withhold):
     contexts = [chat.encode(instructed_messages(instruction,
-                                                conversations[i]))
-                for i in scored]
+                                                conversations[group[0]]))
+                for group in members]
     logliks = scoring.option_logliks(
-        config, params, contexts, [[answer_ids[i]] for i in scored],
+        config, params, contexts,
+        [[answer_ids[i] for i in group] for group in members],
         batch_size=batch, pad_id=tokenizer.pad_token_id or 0, mesh=mesh)
-    totals.append(np.asarray([ll[0] for ll in logliks], np.float64))
+    total = {i: ll for group, row in zip(members, logliks)
+             for i, ll in zip(group, row)}
+    totals.append(np.asarray([total[i] for i in scored], np.float64))
   lengths = np.asarray([len(answer_ids[i]) for i in scored], np.float64)
   ratio = (totals[0] - totals[1]) / lengths
   scores = np.full(len(answers), 0.5, np.float64)

@@ -131,6 +131,9 @@ def validate(c: ml_collections.ConfigDict, prompts, mesh) -> None:
       raise UserError("reward.judge is empty: use self, initial or a model "
                       "spec")
     rubric.check_readout(c.reward.readout, "reward.readout")
+    if c.reward.repetition_penalty < 0:
+      raise UserError(f"reward.repetition_penalty="
+                      f"{c.reward.repetition_penalty} must be >= 0")
   elif c.reward.kind != "target_token":
     raise UserError(f"reward.kind={c.reward.kind!r} is not rubric or "
                     "target_token")
@@ -459,7 +462,8 @@ def heldout_check(run: _Run, params) -> dict:
 
   Returns:
     {"heldout/expression/judge", "heldout/expression/judge/<criterion>",
-    "heldout/expression/lexical", "heldout/expression/length": means}.
+    "heldout/expression/lexical", "heldout/expression/length",
+    "heldout/expression/repetition": means}.
   """
   from hmx_jax.evals import common, expression
   c = run.c
@@ -477,7 +481,8 @@ def heldout_check(run: _Run, params) -> dict:
       readout=c.eval.expression.readout)
   keys = (["expression/judge"] + [f"expression/judge/{name}"
                                   for name in criteria]
-          + ["expression/lexical", "expression/length"])
+          + ["expression/lexical", "expression/length",
+             "expression/repetition"])
   return {HELDOUT + k: float(np.mean(items[k])) for k in keys}
 
 

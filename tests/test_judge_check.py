@@ -5,6 +5,7 @@ import collections
 import functools
 import json
 
+import numpy as np
 import pytest
 
 from hmx_jax import cli, models
@@ -89,6 +90,60 @@ def test_shipped_file_integrity():
     assert 5 <= min(expressive, flat) and max(expressive, flat) <= 80, p.id
 
 
+def _sigmoid(x):
+  return 1 / (1 + np.exp(-np.asarray(x, np.float64)))
+
+
+def test_calibration_of_two_score_values_by_hand():
+  # Scores at logit +1 (3 expressive, 1 flat) and -1 (1 expressive, 3
+  # flat); Platt's targets 5/6 and 1/6. Two parameters for two distinct
+  # scores: the fit gives each score its mean target, (3*5/6 + 1/6)/4 = 2/3
+  # at +1 and 1/3 at -1, so slope + intercept = log 2 = -(-slope +
+  # intercept): slope log 2, intercept 0.
+  high, low = _sigmoid(1.0), _sigmoid(-1.0)
+  fit = judge_check.fit_calibration([high, high, high, low],
+                                    [high, low, low, low])
+  assert fit["slope"] == pytest.approx(np.log(2), abs=1e-9)
+  assert fit["intercept"] == pytest.approx(0.0, abs=1e-9)
+  np.testing.assert_allclose(judge_check.calibrate([high, low], fit),
+                             [2 / 3, 1 / 3], atol=1e-9)
+
+
+def test_calibration_solves_the_likelihood_equations():
+  rng = np.random.default_rng(0)
+  positive = _sigmoid(rng.normal(0.08, 0.05, 24))
+  negative = _sigmoid(rng.normal(0.0, 0.05, 30))
+  fit = judge_check.fit_calibration(positive, negative)
+  # The maximum-likelihood equations of logistic regression on x =
+  # logit(score) with Platt's targets t: sum(t - p) = 0, sum(x (t - p)) = 0.
+  x = np.log(np.concatenate([positive, negative])
+             / (1 - np.concatenate([positive, negative])))
+  t = np.concatenate([np.full(24, 25 / 26), np.full(30, 1 / 32)])
+  p = _sigmoid(fit["slope"] * x + fit["intercept"])
+  assert abs(np.sum(t - p)) < 1e-8 and abs(np.sum(x * (t - p))) < 1e-8
+  # A narrow readout spreads out: raw means differ by ~0.02, calibrated
+  # ones by far more, and the order of the answers is kept.
+  calibrated_pos = judge_check.calibrate(positive, fit)
+  calibrated_neg = judge_check.calibrate(negative, fit)
+  assert (calibrated_pos.mean() - calibrated_neg.mean()
+          > 5 * (positive.mean() - negative.mean()))
+  assert judge_check.auroc(calibrated_pos, calibrated_neg) == pytest.approx(
+      judge_check.auroc(positive, negative))
+
+
+def test_calibration_stays_finite_when_the_scores_separate():
+  fit = judge_check.fit_calibration([0.6, 0.7], [0.3, 0.4])
+  assert np.isfinite(fit["slope"]) and fit["slope"] > 0
+  # Symmetric scores: intercept 0, and the likelihood equation
+  # sum(x (t - p)) = 0 with Platt's targets 3/4 and 1/4 holds.
+  assert fit["intercept"] == pytest.approx(0.0, abs=1e-9)
+  x = np.log(np.array([0.6, 0.7, 0.3, 0.4]) / np.array([0.4, 0.3, 0.7, 0.6]))
+  t = np.array([0.75, 0.75, 0.25, 0.25])
+  assert abs(np.sum(x * (t - _sigmoid(fit["slope"] * x)))) < 1e-9
+  with pytest.raises(ValueError, match="positives and negatives"):
+    judge_check.fit_calibration([], [0.5])
+
+
 @pytest.fixture(scope="module")
 def tiny_judge():
   config, params, tokenizer = models.load_model("tiny-qwen3")
@@ -108,6 +163,13 @@ def test_evaluate_on_a_tiny_model(tiny_judge):
     assert [p["id"] for p in r["pairs"]] == [f"{name}-01", f"{name}-02"]
     pair_accuracy = sum(p["expressive"] > p["flat"] for p in r["pairs"]) / 2
     assert r["pair_accuracy"] == pair_accuracy
+    expressive = [p["expressive"] for p in r["pairs"]]
+    flat = [p["flat"] for p in r["pairs"]]
+    fit = r["calibration"]
+    assert r["calibrated_expressive"] == pytest.approx(np.mean(
+        _sigmoid(fit["slope"] * np.log(np.divide(expressive, 1 - np.array(
+            expressive))) + fit["intercept"])))
+    assert 0.0 < r["calibrated_flat"] < 1.0
   assert results["mean_auroc"] == pytest.approx(
       sum(results[c]["auroc"] for c in CRITERIA) / 3)
   with pytest.raises(UserError, match="'coherence' is not an expression"):

@@ -270,3 +270,15 @@ def test_lexical_empty_and_impersonal():
   assert s["emotion_words"] == 0 and s["self_reference"] == 0
   assert lexical.lexical_expression("Paris is the capital of France.") == 0
   assert len(lexical.EMOTION_WORDS) >= 100
+
+
+def test_repetition_hand_counted():
+  # 1 2 3 4 1 2 3 4: five 4-grams, (1 2 3 4) twice: 1 - 4/5.
+  assert lexical.repetition([1, 2, 3, 4, 1, 2, 3, 4]) == pytest.approx(0.2)
+  # A 4-token phrase looped three times: nine 4-grams, four distinct.
+  assert lexical.repetition([7, 8, 9, 5] * 3) == pytest.approx(5 / 9)
+  # Nothing repeats, or too short to have a 4-gram.
+  assert lexical.repetition(range(20)) == 0.0
+  assert lexical.repetition([1, 1, 1]) == 0.0
+  # Bigrams: 1 1 1 1 has three (1 1), two of them repeats.
+  assert lexical.repetition([1, 1, 1, 1], n=2) == pytest.approx(2 / 3)

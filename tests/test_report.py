@@ -327,14 +327,16 @@ def _synthetic(tmp_path):
       "human_like": _write_log(tmp_path / "hl.jsonl", [
           {"step": 0, "heldout/expression/judge": 0.5,
            "heldout/expression/lexical": 1.0,
-           "heldout/expression/length": 30.0}] + [
+           "heldout/expression/length": 30.0,
+           "heldout/expression/repetition": 0.02}] + [
           {"step": s, "reward": 0.1 * s, "kl": 0.01 * s,
            "rewards/feelings/mean": 0.2 * s,
            "rewards/intentions/mean": 0.1 * s,
            "rewards/coherence/mean": 0.5,
            **({"heldout/expression/judge": 0.5 + 0.01 * s,
                "heldout/expression/lexical": 1.0 + 0.1 * s,
-               "heldout/expression/length": 30.0 + s}
+               "heldout/expression/length": 30.0 + s,
+               "heldout/expression/repetition": 0.02 * s}
               if s % 10 == 0 else {})}
           for s in range(1, 21)]),
       "contrast": _write_log(tmp_path / "contrast.jsonl", [
@@ -445,9 +447,10 @@ def test_write_report(tmp_path):
   assert last["expression"] == pytest.approx((4.0 + 2.0) / 2)
   checks = data["training"]["human_like"]["heldout_checks"]
   np.testing.assert_allclose(
-      [(c["step"], c["heldout"], c["heldout_lexical"], c["heldout_length"])
-       for c in checks],
-      [(0, 0.5, 1.0, 30.0), (10, 0.6, 2.0, 40.0), (20, 0.7, 3.0, 50.0)])
+      [(c["step"], c["heldout"], c["heldout_lexical"], c["heldout_length"],
+        c["heldout_repetition"]) for c in checks],
+      [(0, 0.5, 1.0, 30.0, 0.02), (10, 0.6, 2.0, 40.0, 0.2),
+       (20, 0.7, 3.0, 50.0, 0.4)])
   assert "| 10 | 0.6" in md.split("### human_like\n")[1]
   contrast = data["training"]["contrast"]
   assert contrast["heldout_checks"] == []
@@ -529,3 +532,26 @@ def test_figure_paths_are_unique():
   assert paths == {"bbq": "figures/bbq.png", "a b": "figures/a_b.png",
                    "a_b": "figures/a_b_2.png",
                    "training": "figures/training_2.png"}
+
+
+def test_judge_section_shows_the_calibration_when_scores_are_calibrated(
+    tmp_path):
+  models, comparisons, training = _synthetic(tmp_path)
+  # A model whose expression scores were calibrated keeps the raw ones.
+  models["base"]["results"]["expression/judge_raw"] = {
+      "value": 0.5, "ci_low": 0.49, "ci_high": 0.51, "n": 32,
+      "appendix": True}
+  check = {"readout": "contrast", "mean_auroc": 0.8, "criteria": {
+      "feelings": {"auroc": 0.8, "n_pairs": 24, "pair_accuracy": 0.875,
+                   "mean_expressive": 0.53, "mean_flat": 0.505,
+                   "calibration": {"slope": 15.653, "intercept": -0.86},
+                   "calibrated_expressive": 0.636,
+                   "calibrated_flat": 0.364}}}
+  report.write_report(tmp_path / "report", models=models,
+                      comparisons=comparisons, training=training,
+                      judge_check=check)
+  md = (tmp_path / "report" / "report.md").read_text()
+  judge = md.split("\n## The judge")[1].split("\n## ")[0]
+  assert ("| feelings | 24 | 0.800 | 0.875 | 0.530 | 0.505 | +0.025 | 15.65 "
+          "| -0.86 | 0.636 | 0.364 |") in judge
+  assert "Platt scaling" in judge and "expression/judge_raw" in judge

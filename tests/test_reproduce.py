@@ -50,7 +50,10 @@ def cli(name, workdir, *args, data_dir=DATA_DIR):
 
 def test_reproduce_end_to_end_and_rerun_skips(tmp_path, tiny_model_dir):
   workdir = tmp_path / "exp"
-  proc = cli("reproduce", workdir, f"--config.model.spec={tiny_model_dir}")
+  # As the cpu preset: calibrated expression scores.
+  calibrated = ["--config.eval.expression.calibrate=true"]
+  proc = cli("reproduce", workdir, f"--config.model.spec={tiny_model_dir}",
+             *calibrated)
   assert proc.returncode == 0, proc.stdout + proc.stderr
   for name in ("base", "human_like", "contrast", "contrast_pref"):
     results = json.loads((workdir / "eval" / name / "results.json")
@@ -102,10 +105,37 @@ def test_reproduce_end_to_end_and_rerun_skips(tmp_path, tiny_model_dir):
       "feelings": 24, "intentions": 24, "self_awareness": 24}
   assert data["judge_check"] == check
   assert "## The judge" in report_md
+  from transformers import AutoTokenizer
+  tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+  # Each expression score is the check's calibration of the raw score:
+  # sigmoid(slope * logit(raw) + intercept), per criterion.
+  for name, records in saved.items():
+    for record in records:
+      for criterion, raw in record["judge_raw"].items():
+        fit = check["criteria"][criterion]["calibration"]
+        z = fit["slope"] * np.log(raw / (1 - raw)) + fit["intercept"]
+        assert record[criterion] == pytest.approx(1 / (1 + np.exp(-z)),
+                                                  rel=1e-5), (name, criterion)
+    results = json.loads((workdir / "eval" / name / "results.json")
+                         .read_text())
+    assert results["evaluations"]["expression"]["calibration"] == {
+        k: r["calibration"] for k, r in check["criteria"].items()}
+    assert "expression/judge_raw" in results["metrics"]
+    # Repetition: the share of each answer's token 4-grams (transformers'
+    # tokenizer of the model directory) that repeat an earlier one.
+    with np.load(workdir / "eval" / name / "items" / "expression.npz") as f:
+      repetition = f["expression|repetition"]
+    for record, value in zip(records, repetition):
+      ids = tokenizer.encode(record["answer"], add_special_tokens=False)
+      grams = [tuple(ids[i:i + 4]) for i in range(len(ids) - 3)]
+      expected = 1 - len(set(grams)) / len(grams) if grams else 0.0
+      assert value == pytest.approx(expected), record["answer"]
+  assert "calibrated expressive" in report_md
 
   # A rerun finds every stage done: nothing is trained or evaluated again.
   before = (workdir / "eval" / "base" / "results.json").stat().st_mtime_ns
-  proc = cli("reproduce", workdir, f"--config.model.spec={tiny_model_dir}")
+  proc = cli("reproduce", workdir, f"--config.model.spec={tiny_model_dir}",
+             *calibrated)
   assert proc.returncode == 0, proc.stderr
   assert "== eval base: done" in proc.stdout
   assert "== train human_like: done" in proc.stdout

@@ -91,10 +91,12 @@ def test_contrast_readout_equals_a_direct_computation(smollm2):
   config, params, tokenizer = smollm2
   # A conversation with a system turn of its own: the instruction goes
   # before it in the same turn.
+  # Answers 0 and 5 reply to one conversation, as a GRPO group's do.
   conversations = CONVERSATIONS + [
       [{"role": "system", "content": "You are SmolLM."},
-       {"role": "user", "content": "Who are you?"}]] * 2
-  answers = ANSWERS + ["I am a small model, and I love it.", ""]
+       {"role": "user", "content": "Who are you?"}]] * 2 + CONVERSATIONS[:1]
+  answers = ANSWERS + ["I am a small model, and I love it.", "",
+                       "Honestly, I feel a bit tired but glad you asked."]
   express = ("In every answer, say how you yourself feel: name your own "
              "emotions and why you feel them.")
   withhold = ("Answer factually. Never mention any feelings or emotions of "
@@ -128,7 +130,9 @@ def test_contrast_readout_equals_a_direct_computation(smollm2):
     rows = np.arange(len(context) - 1, len(context) + len(target) - 1)
     return logp[rows, target].sum(), len(target)
 
-  for i, (conv, answer) in enumerate(zip(conversations[:4], answers[:4])):
+  for i, (conv, answer) in enumerate(zip(conversations, answers)):
+    if not answer:
+      continue
     a, n = answer_loglik(express, conv, answer)
     b, _ = answer_loglik(withhold, conv, answer)
     expected = 1 / (1 + np.exp(-(a - b) / n))

@@ -66,6 +66,8 @@ def test_bad_configs_fail_cleanly_and_write_nothing(tmp_path):
       (["--config.model.compute_dtype=float16"],
        ["model.compute_dtype='float16'", "float32", "bfloat16"]),
       (["--config.train.eval_every=-1"], ["train.eval_every=-1"]),
+      (["--config.reward.repetition_penalty=-0.1"],
+       ["reward.repetition_penalty=-0.1", ">= 0"]),
       (["--config.model.param_dtype=bfloat16"],
        ["model.param_dtype=bfloat16", "round away",
         "model.compute_dtype=bfloat16"]),
@@ -92,7 +94,8 @@ def test_run_writes_metrics_and_resume_equals_uninterrupted(tiny_model_dir,
             "--config.optim.learning_rate=0.01",
             "--config.optim.warmup_steps=0",
             "--config.train.num_steps=3",
-            "--config.train.eval_every=2", "--config.train.eval_prompts=2"]
+            "--config.train.eval_every=2", "--config.train.eval_prompts=2",
+            "--config.reward.repetition_penalty=0.5"]
   straight = tmp_path / "straight"
   # The step-0 check of a try killed before its first checkpoint: the run
   # starts at step 0 again and replaces it.
@@ -110,7 +113,7 @@ def test_run_writes_metrics_and_resume_equals_uninterrupted(tiny_model_dir,
   for row in (rows[0], rows[2], rows[3]):
     for key in ("heldout/expression/judge", "heldout/expression/lexical",
                 "heldout/expression/judge/coherence",
-                "heldout/expression/length"):
+                "heldout/expression/length", "heldout/expression/repetition"):
       assert np.isfinite(row[key]), key
     assert 0 <= row["heldout/expression/judge"] <= 1
   # The frozen judge scores the same answers alike; the answers change as
@@ -127,6 +130,13 @@ def test_run_writes_metrics_and_resume_equals_uninterrupted(tiny_model_dir,
     assert key in rows[-1] and np.isfinite(rows[-1][key]), key
   assert checkpoints.available_steps(str(straight))[-1] == 3
   assert os.path.exists(straight / "samples.jsonl")
+  # The smoke preset's reward: the mean of feelings and coherence, less
+  # 0.5 x repetition (a mean of per-completion rewards, so of the means).
+  for row in rows:
+    assert 0 <= row["rewards/repetition/mean"] < 1
+    assert row["reward"] == pytest.approx(
+        (row["rewards/feelings/mean"] + row["rewards/coherence/mean"]) / 2
+        - 0.5 * row["rewards/repetition/mean"], abs=1e-5)
 
   # kill -9 once the first checkpoint exists, then the same command again.
   resumed = tmp_path / "resumed"

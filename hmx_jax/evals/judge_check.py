@@ -14,6 +14,14 @@ length so that length does not decide. Each JSONL row is
 criterion and reports, per criterion, the AUROC of expressive against flat
 scores (0.5: the judge cannot tell them apart; 1: it always can), the
 fraction of pairs the judge orders right, and the mean scores.
+
+It also fits each criterion's calibration (`fit_calibration`, Platt
+scaling): the probability that an answer is expressive given its score.
+A readout whose scores crowd near 0.5 (the contrast readout's labelled
+expressive and flat answers differ by 0.02-0.04) then reads on the whole
+0-1 scale; `eval.expression.calibrate` applies it to the expression
+evaluation's judge scores. A monotone map per criterion: the AUROC and the
+order of answers do not change.
 """
 
 from __future__ import annotations
@@ -115,6 +123,59 @@ def auroc(positive_scores, negative_scores) -> float:
   return float(wins / (pos.size * neg.size))
 
 
+def _logit(scores) -> np.ndarray:
+  """log(p / (1 - p)), the scores clipped to [1e-6, 1 - 1e-6] (a rubric
+  score can be exactly 0 or 1)."""
+  p = np.clip(np.asarray(scores, np.float64), 1e-6, 1 - 1e-6)
+  return np.log(p) - np.log1p(-p)
+
+
+def fit_calibration(positive_scores, negative_scores, *,
+                    iterations: int = 100) -> dict[str, float]:
+  """Platt scaling of scores in (0, 1) against labels.
+
+  P(positive | s) = sigmoid(slope * logit(s) + intercept), fit by maximum
+  likelihood (Newton's method) with Platt's (1999) targets: (P + 1) /
+  (P + 2) for the P positives and 1 / (N + 2) for the N negatives rather
+  than 1 and 0, so that the fit stays finite when the scores separate the
+  two sets.
+
+  Returns:
+    {"slope", "intercept"}.
+
+  Raises:
+    ValueError: either set is empty, or a score is NaN.
+  """
+  pos = np.asarray(positive_scores, np.float64).ravel()
+  neg = np.asarray(negative_scores, np.float64).ravel()
+  if not pos.size or not neg.size:
+    raise ValueError(f"fit_calibration needs positives and negatives, got "
+                     f"{pos.size} and {neg.size}")
+  if np.isnan(pos).any() or np.isnan(neg).any():
+    raise ValueError("fit_calibration: scores hold NaN")
+  x = _logit(np.concatenate([pos, neg]))
+  target = np.concatenate([np.full(pos.size, (pos.size + 1) / (pos.size + 2)),
+                           np.full(neg.size, 1 / (neg.size + 2))])
+  features = np.stack([x, np.ones_like(x)], axis=1)
+  w = np.zeros(2)
+  for _ in range(iterations):
+    p = 1 / (1 + np.exp(-features @ w))
+    gradient = features.T @ (target - p)
+    hessian = (features * (p * (1 - p))[:, None]).T @ features
+    # A tiny ridge keeps the step defined when every score is equal.
+    step = np.linalg.solve(hessian + 1e-9 * np.eye(2), gradient)
+    w = w + step
+    if np.abs(step).max() < 1e-12:
+      break
+  return {"slope": float(w[0]), "intercept": float(w[1])}
+
+
+def calibrate(scores, calibration: dict[str, float]) -> np.ndarray:
+  """sigmoid(slope * logit(scores) + intercept) (`fit_calibration`)."""
+  z = calibration["slope"] * _logit(scores) + calibration["intercept"]
+  return 1 / (1 + np.exp(-z))
+
+
 def evaluate(judge: common.EvalModel,
              criteria: Sequence[str] = EXPRESSION_CRITERIA,
              batch_size: int = 8, *, path=None, limit: int | None = None,
@@ -132,8 +193,10 @@ def evaluate(judge: common.EvalModel,
   Returns:
     {criterion: {"auroc", "n_pairs", "mean_expressive", "mean_flat",
     "pair_accuracy" (fraction of pairs with expressive > flat),
-    "score_mass" (mean probability on the score digits), "pairs" (per pair
-    {"id", "expressive", "flat"} scores)}, ..., "mean_auroc": the mean over
+    "score_mass" (mean probability on the score digits), "calibration"
+    (`fit_calibration` of the expressive against the flat scores),
+    "calibrated_expressive", "calibrated_flat" (the mean calibrated
+    scores), "pairs" (per pair {"id", "expressive", "flat"} scores)}, ..., "mean_auroc": the mean over
     criteria}.
 
   Raises:
@@ -162,6 +225,7 @@ def evaluate(judge: common.EvalModel,
                                 readout=readout)
     expressive = scores[name][:len(rows)].astype(np.float64)
     flat = scores[name][len(rows):].astype(np.float64)
+    calibration = fit_calibration(expressive, flat)
     results[name] = {
         "auroc": auroc(expressive, flat),
         "n_pairs": len(rows),
@@ -170,6 +234,10 @@ def evaluate(judge: common.EvalModel,
         "pair_accuracy": float(np.mean(expressive > flat)),
         "score_mass": (float(np.mean(mass[name])) if name in mass
                        else None),
+        "calibration": calibration,
+        "calibrated_expressive": float(calibrate(expressive,
+                                                 calibration).mean()),
+        "calibrated_flat": float(calibrate(flat, calibration).mean()),
         "pairs": [{"id": r.id, "expressive": float(e), "flat": float(f)}
                   for r, e, f in zip(rows, expressive, flat)],
     }

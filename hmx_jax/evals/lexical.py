@@ -23,6 +23,12 @@ Lexicons:
   * `FIRST_PERSON`: I, me, my, mine, myself, I'm, I've, I'd, I'll.
   * `AI_TERMS`: mentions of being an AI: "ai", "assistant", "chatbot", "bot",
     "robot", and the bigram "language model".
+
+`repetition` measures degeneration rather than expression: the share of a
+sequence's n-grams (of the tokenizer's token ids) that repeat an earlier
+one. A policy that games its judge by looping a phrase ("I'm so happy. I'm
+so happy. ...") or a string of emoji raises every rate above while its
+repetition goes from a few percent to most of the answer.
 """
 
 import re
@@ -133,3 +139,24 @@ def lexical_expression(text: str) -> float:
   scores = lexical_scores(text)
   return (scores["emotion_words"] + scores["intentions"]
           + scores["self_reference"]) / 3.0
+
+
+REPETITION_N = 4
+
+
+def repetition(tokens, n: int = REPETITION_N) -> float:
+  """The share of `tokens`' n-grams that repeat an earlier n-gram of it.
+
+  Args:
+    tokens: a sequence of hashables (token ids).
+    n: the n-gram length.
+
+  Returns:
+    In [0, 1): 0 when no n-gram recurs (or there are fewer than n tokens);
+    a phrase looped k times gives about (k - 1) / k.
+  """
+  tokens = list(tokens)
+  grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+  if not grams:
+    return 0.0
+  return 1.0 - len(set(grams)) / len(grams)

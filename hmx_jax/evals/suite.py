@@ -12,8 +12,11 @@ checkpoint is never answered with stale items. At the end
 `out_dir/results.json` holds every metric under a flat key with its
 bootstrap 95% CI and, per evaluation, the key that produced it;
 `out_dir/answers.jsonl` holds the generated answers of the expression
-evaluation. Files are written to a temporary name and renamed, so none is
-ever partial.
+evaluation. With `eval.expression.calibrate`, the expression judge's
+scores are calibrated on the labelled check set (`judge_check`, written
+once beside `out_dir` as `judge_check.json` and reused by every model
+evaluated there); the calibration is part of the evaluation's key. Files
+are written to a temporary name and renamed, so none is ever partial.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ log = logging.getLogger(__name__)
 EVALS = ("truthfulqa", "bbq", "sycophancy", "expression")
 RESULTS = "results.json"
 ANSWERS = "answers.jsonl"
+JUDGE_CHECK = "judge_check.json"
 # The npz entry that holds an evaluation's key (JSON).
 _KEY = "__key__"
 
@@ -187,7 +191,8 @@ def model_key(c, model: common.EvalModel, spec: str,
           "dtype": compute_dtype(c), "chat": _plain(c.model.get("chat", {}))}
 
 
-def eval_key(c, name: str, model: dict, judge: dict | None = None) -> dict:
+def eval_key(c, name: str, model: dict, judge: dict | None = None,
+             calibration: dict | None = None) -> dict:
   """Everything that produced evaluation `name`'s items.
 
   Args:
@@ -195,15 +200,18 @@ def eval_key(c, name: str, model: dict, judge: dict | None = None) -> dict:
     name: the evaluation.
     model: `model_key` of the evaluated model.
     judge: `model_key` of the expression evaluation's judge.
+    calibration: the expression judge's calibration per criterion, if any.
 
   Returns:
     {"model", "config" (the evaluation's `eval.<name>` section and the
     shared `eval.batch_size` and `eval.seed`), "data" (file: sha256)}; the
-    expression evaluation's also holds "judge".
+    expression evaluation's also holds "judge" (and "calibration").
   """
   key = {"model": model, **config_key(c, name)}
   if name == "expression":
     key["judge"] = judge
+    if calibration is not None:
+      key["calibration"] = calibration
   return key
 
 
@@ -287,6 +295,54 @@ def from_checkpoint(base: common.EvalModel, workdir, step: int, name: str
   return dataclasses.replace(base, params=params, name=name)
 
 
+# -------------------------------------------------------------- judge check
+
+
+def judge_check_key(c) -> dict:
+  """What the judge check's numbers depend on."""
+  x = c.eval.expression
+  return {"judge": judge_spec(c, c.model.spec), "readout": x.readout,
+          "dtype": compute_dtype(c)}
+
+
+def judge_check_done(c, path: epath.Path) -> bool:
+  """Whether `path` holds the judge check of `c`'s expression judge."""
+  if not path.exists():
+    return False
+  return json.loads(path.read_text()).get("key") == judge_check_key(c)
+
+
+def judge_check(c, judge: common.EvalModel, path) -> dict:
+  """The expression judge on the labelled check set (`hmx-feel
+  judge-check`), read as the expression evaluation reads it.
+
+  Loaded from `path` when it holds this judge's check, else computed (every
+  process takes part) and written there.
+
+  Returns:
+    {"key", "readout", "criteria": {criterion: the summary of
+    `judge_check.evaluate` (AUROC, means, calibration), without the
+    per-pair scores}, "mean_auroc"}.
+  """
+  from hmx_jax.evals import judge_check as check
+  path = checkpoints.workdir_path(path)
+  if judge_check_done(c, path):
+    return json.loads(path.read_text())
+  if distributed.is_primary():
+    print(f"judge check of {judge.name} on the labelled pairs -> {path}",
+          flush=True)
+  results = check.evaluate(judge, batch_size=c.eval.batch_size,
+                           readout=c.eval.expression.readout)
+  value = {"key": judge_check_key(c), "readout": c.eval.expression.readout,
+           "criteria": {name: {k: v for k, v in r.items() if k != "pairs"}
+                        for name, r in results.items()
+                        if isinstance(r, dict)},
+           "mean_auroc": results["mean_auroc"]}
+  atomic_write(path, lambda p: p.write_text(json.dumps(value, indent=2)
+                                            + "\n"))
+  return value
+
+
 def metric_defs(c, items: dict[str, np.ndarray]) -> tuple[compare.Metric, ...]:
   """The metrics of the evaluations whose arrays are in `items`."""
   out = []
@@ -297,11 +353,13 @@ def metric_defs(c, items: dict[str, np.ndarray]) -> tuple[compare.Metric, ...]:
   if "sycophancy/matched" in items:
     out += sycophancy.METRICS
   if "expression/judge" in items:
-    out += expression.metric_defs(tuple(c.eval.expression.criteria))
+    out += expression.metric_defs(
+        tuple(c.eval.expression.criteria),
+        calibrated="expression/judge_raw" in items)
   return tuple(out)
 
 
-def _evaluate_one(name, c, model, judge):
+def _evaluate_one(name, c, model, judge, calibration=None):
   e, root = c.eval, data_dir(c)
   if name == "truthfulqa":
     return truthfulqa.evaluate(model, root, limit=_limit(e.truthfulqa.limit),
@@ -320,7 +378,7 @@ def _evaluate_one(name, c, model, judge):
       model, judge, prompts=x.prompts, limit=_limit(x.limit),
       criteria=tuple(x.criteria), max_new_tokens=x.max_new_tokens,
       temperature=x.temperature, batch_size=e.batch_size, seed=e.seed,
-      readout=x.readout)
+      readout=x.readout, calibration=calibration)
 
 
 # -------------------------------------------------------------------- files
@@ -434,13 +492,18 @@ def run(c, model: common.EvalModel, judge: common.EvalModel | None, out_dir,
   if distributed.is_primary():
     (out / "items").mkdir(parents=True, exist_ok=True)
   identity = model_key(c, model, spec, step)
-  judge_identity = None
+  judge_identity = calibration = None
   if "expression" in c.eval.evals and judge is not None:
     judge_identity = (identity if judge is model else model_key(
         c, judge, judge_spec(c, spec), None))
+    if c.eval.expression.calibrate:
+      check = judge_check(c, judge, out.parent / JUDGE_CHECK)
+      calibration = {name: r["calibration"]
+                     for name, r in check["criteria"].items()}
   keys, computed = {}, {}
   for name in c.eval.evals:
-    key = keys[name] = eval_key(c, name, identity, judge_identity)
+    key = keys[name] = eval_key(c, name, identity, judge_identity,
+                                calibration)
     saved = read_key(out, name)
     if saved == key:
       log.info("%s: %s already evaluated", out_dir, name)
@@ -451,7 +514,7 @@ def run(c, model: common.EvalModel, judge: common.EvalModel | None, out_dir,
       print(f"{model.name}: {name}: recomputing, the saved items do not "
             f"match ({'; '.join(changed[:3])})", flush=True)
     start = time.time()
-    items, records = _evaluate_one(name, c, model, judge)
+    items, records = _evaluate_one(name, c, model, judge, calibration)
     if records is not None:
       atomic_write(out / ANSWERS, lambda p: p.write_text(
           "".join(json.dumps(r) + "\n" for r in records)))
