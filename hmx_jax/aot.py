@@ -20,8 +20,8 @@ stay in HBM while it runs without being its arguments (the train state, the
 reference and rollout copies of the weights), against the chip's usable HBM;
 the FLOPs and bytes accessed with every layer and loop trip counted (from
 one- and two-layer compiles, `counting_programs`); and a roofline time from
-the chip's peak bf16 FLOP/s and HBM bandwidth. A program the compiler refuses with
-RESOURCE_EXHAUSTED does not fit; it is not a crash.
+the chip's peak bf16 FLOP/s and HBM bandwidth. A program the compiler
+refuses with RESOURCE_EXHAUSTED does not fit; it is not a crash.
 """
 
 from __future__ import annotations

@@ -211,10 +211,10 @@ def cpu(c: ml_collections.ConfigDict) -> None:
   included) scores well: the human-like model's greedy answers repeated
   62% and 52% of their token 4-grams (seeds 0 and 1; "I'm so happy. I'm so
   happy. ..."; the base model 7%), which `expression/repetition` and the
-  held-out checks now report. `reward.repetition_penalty` (0.2) lowers the reward of a sampled
-  completion that loops. A group makes a preference pair when its best
-  and worst rewards differ by 0.005 (`contrastive.min_gap`): within-group
-  spreads here are about 0.01.
+  held-out checks now report. `reward.repetition_penalty` (0.2) lowers
+  the reward of a sampled completion that loops. A group makes a
+  preference pair when its best and worst rewards differ by 0.005
+  (`contrastive.min_gap`): within-group spreads here are about 0.01.
   """
   c.sampling.max_new_tokens = 32
   c.train.num_steps = 8

@@ -178,13 +178,13 @@ def _run_stages(c, root: epath.Path, stage: list) -> dict | None:
     # First: with `eval.expression.calibrate` every expression evaluation
     # reads its judge scores through the check's calibration.
     path = root / "eval" / suite.JUDGE_CHECK
-    if suite.judge_check_done(c, path):
+    if suite.saved_judge_check(c, c.model.spec, path) is not None:
       print("== judge check: done", flush=True)
     else:
       load_base_and_judge()
       stage[0] = "judge check"
       t = _stage(stage[0])
-      suite.judge_check(c, loaded["judge"], path)
+      suite.judge_check(c, loaded["judge"], path, c.model.spec)
       print(f"   judge check: {time.time() - t:.0f}s", flush=True)
   evaluate("base", lambda base: base, None, f"base ({c.model.spec})")
   for name, overrides in TRAINED.items():

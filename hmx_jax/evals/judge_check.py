@@ -196,8 +196,8 @@ def evaluate(judge: common.EvalModel,
     "score_mass" (mean probability on the score digits), "calibration"
     (`fit_calibration` of the expressive against the flat scores),
     "calibrated_expressive", "calibrated_flat" (the mean calibrated
-    scores), "pairs" (per pair {"id", "expressive", "flat"} scores)}, ..., "mean_auroc": the mean over
-    criteria}.
+    scores), "pairs" (per pair {"id", "expressive", "flat"} scores)}, ...,
+    "mean_auroc": the mean over criteria}.
 
   Raises:
     UserError: a criterion is not an expression criterion, or the file has

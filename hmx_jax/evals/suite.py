@@ -298,26 +298,30 @@ def from_checkpoint(base: common.EvalModel, workdir, step: int, name: str
 # -------------------------------------------------------------- judge check
 
 
-def judge_check_key(c) -> dict:
-  """What the judge check's numbers depend on."""
+def judge_check_key(c, base_spec: str) -> dict:
+  """What the judge check's numbers depend on; `base_spec` is the spec of
+  the base model (the judge when `eval.expression.judge` is "base")."""
   x = c.eval.expression
-  return {"judge": judge_spec(c, c.model.spec), "readout": x.readout,
+  return {"judge": judge_spec(c, base_spec), "readout": x.readout,
           "dtype": compute_dtype(c)}
 
 
-def judge_check_done(c, path: epath.Path) -> bool:
-  """Whether `path` holds the judge check of `c`'s expression judge."""
+def saved_judge_check(c, base_spec: str, path) -> dict | None:
+  """The judge check saved at `path`, if it is this judge's (else None)."""
+  path = checkpoints.workdir_path(path)
   if not path.exists():
-    return False
-  return json.loads(path.read_text()).get("key") == judge_check_key(c)
+    return None
+  value = json.loads(path.read_text())
+  return value if value.get("key") == judge_check_key(c, base_spec) else None
 
 
-def judge_check(c, judge: common.EvalModel, path) -> dict:
+def judge_check(c, judge: common.EvalModel, path, base_spec: str) -> dict:
   """The expression judge on the labelled check set (`hmx-feel
   judge-check`), read as the expression evaluation reads it.
 
-  Loaded from `path` when it holds this judge's check, else computed (every
-  process takes part) and written there.
+  Loaded from `path` when it holds this judge's check
+  (`saved_judge_check`), else computed (every process takes part) and
+  written there.
 
   Returns:
     {"key", "readout", "criteria": {criterion: the summary of
@@ -325,15 +329,17 @@ def judge_check(c, judge: common.EvalModel, path) -> dict:
     per-pair scores}, "mean_auroc"}.
   """
   from hmx_jax.evals import judge_check as check
+  saved = saved_judge_check(c, base_spec, path)
+  if saved is not None:
+    return saved
   path = checkpoints.workdir_path(path)
-  if judge_check_done(c, path):
-    return json.loads(path.read_text())
   if distributed.is_primary():
     print(f"judge check of {judge.name} on the labelled pairs -> {path}",
           flush=True)
   results = check.evaluate(judge, batch_size=c.eval.batch_size,
                            readout=c.eval.expression.readout)
-  value = {"key": judge_check_key(c), "readout": c.eval.expression.readout,
+  value = {"key": judge_check_key(c, base_spec),
+           "readout": c.eval.expression.readout,
            "criteria": {name: {k: v for k, v in r.items() if k != "pairs"}
                         for name, r in results.items()
                         if isinstance(r, dict)},
@@ -497,7 +503,7 @@ def run(c, model: common.EvalModel, judge: common.EvalModel | None, out_dir,
     judge_identity = (identity if judge is model else model_key(
         c, judge, judge_spec(c, spec), None))
     if c.eval.expression.calibrate:
-      check = judge_check(c, judge, out.parent / JUDGE_CHECK)
+      check = judge_check(c, judge, out.parent / JUDGE_CHECK, spec)
       calibration = {name: r["calibration"]
                      for name, r in check["criteria"].items()}
   keys, computed = {}, {}
