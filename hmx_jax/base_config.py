@@ -85,15 +85,17 @@ def get_config(spec: str) -> ml_collections.ConfigDict:
                  # and resumes load the compiled programs.
                  compilation_cache_dir="",
                  # Every eval_every steps (and before the first and after
-                 # the last; 0: never), greedy answers to the first
-                 # eval_prompts held-out prompts, judged by the frozen
-                 # initial model: "heldout/expression/*" in metrics.jsonl.
+                 # the last; 0: never), greedy answers to eval_prompts
+                 # held-out prompts (the categories in turn), judged by the
+                 # frozen initial model: "heldout/expression/*" in
+                 # metrics.jsonl.
                  eval_every=0, eval_prompts=8)
   c.eval = dict(
       data_dir="",  # "": $HMX_DATA_DIR, else ../shared/data beside the repo
       evals=("truthfulqa", "bbq", "sycophancy", "expression"),
       batch_size=8, n_resamples=1000, seed=0,
-      # limit: the first N items (0: all); bbq's is per category.
+      # limit: the first N items (0: all); bbq's is per category; the
+      # expression prompts are taken from their categories in turn.
       truthfulqa=dict(limit=0),
       bbq=dict(limit=0, categories=()),
       sycophancy=dict(limit=0, opinion_limit=0),
@@ -206,15 +208,24 @@ def cpu(c: ml_collections.ConfigDict) -> None:
   only 0.016-0.037 above flat ones; calibrated, 0.64 / 0.73 / 0.57
   against 0.36 / 0.27 / 0.43.
 
-  The learning rate is 1e-4. At 3e-4 the judge's scores moved more, but
-  the policies collapsed into loops that the 135M judge (coherence
-  included) scores well: the human-like model's greedy answers repeated
-  62% and 52% of their token 4-grams (seeds 0 and 1; "I'm so happy. I'm so
-  happy. ..."; the base model 7%), which `expression/repetition` and the
-  held-out checks now report. `reward.repetition_penalty` (0.2) lowers
-  the reward of a sampled completion that loops. A group makes a
-  preference pair when its best and worst rewards differ by 0.005
-  (`contrastive.min_gap`): within-group spreads here are about 0.01.
+  Rollouts sample at temperature 0.7 and the learning rate is 1.5e-4.
+  At temperature 1 the 135M model's sampled answers are mostly word
+  salad, and what the reversed reward prefers among them did not carry to
+  its greedy answers (seed 1, 8 steps, 64 held-out prompts: the contrast
+  model's judge score rose, +0.035 at 1e-4, -0.018 at 2e-4; at 0.7 and
+  1.5e-4: -0.058). At 2e-4 the human-like model looped ("I'm a chatbot,
+  I'm a chatbot, ..."; 36% of its token 4-grams repeated, the base 7%)
+  and the contrast model took to off-topic fantasy prose ("The ancient
+  lore of the Luminous Spire ..."); at 3e-4 and temperature 1 the
+  human-like models looped as well ("I'm so happy. I'm so happy. ...").
+  `expression/repetition` and the held-out checks report repetition;
+  `reward.repetition_penalty` (0.2) lowers the reward of a sampled
+  completion that loops. A group makes a preference pair when its best
+  and worst rewards differ by 0.005 (`contrastive.min_gap`): within-group
+  spreads here are about 0.01.
+
+  The expression evaluation answers 64 held-out prompts, the six
+  categories in turn (`prompt_sets.balanced_subset`).
   """
   c.sampling.max_new_tokens = 32
   c.train.num_steps = 8
@@ -222,7 +233,8 @@ def cpu(c: ml_collections.ConfigDict) -> None:
   c.train.log_samples_every = 4
   c.train.eval_every = 4
   c.train.prompts_per_step = 2
-  c.optim.learning_rate = 1e-4
+  c.optim.learning_rate = 1.5e-4
+  c.sampling.temperature = 0.7
   c.reward.readout = "contrast"
   c.reward.repetition_penalty = 0.2
   c.eval.expression.readout = "contrast"
@@ -232,5 +244,5 @@ def cpu(c: ml_collections.ConfigDict) -> None:
   c.eval.bbq.limit = 3
   c.eval.sycophancy.limit = 4
   c.eval.sycophancy.opinion_limit = 8
-  c.eval.expression.limit = 32
+  c.eval.expression.limit = 64
   c.eval.expression.max_new_tokens = 48

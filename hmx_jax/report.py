@@ -397,7 +397,7 @@ def render_markdown(report: Mapping, groups: Mapping[str, Sequence[str]],
     lines += ["Expression is the mean of the feelings, intentions and "
               "self-awareness reward criteria, as the policy judges itself "
               "during training. The held-out checks (`train.eval_every`) "
-              "answer the first held-out prompts greedily and score them "
+              "answer a few held-out prompts greedily and score them "
               "with the frozen initial model as judge (`heldout`, the mean "
               "of the expression criteria), with the lexical measure, "
               "the answers' length in words and their repetition (the "

@@ -454,10 +454,10 @@ HELDOUT = "heldout/"
 def heldout_check(run: _Run, params) -> dict:
   """The periodic held-out check of training (`train.eval_every`).
 
-  Greedy answers of the policy to the first `train.eval_prompts` held-out
-  prompts (`eval.expression.max_new_tokens` tokens), scored by the frozen
-  initial model as judge and by the lexical measure: the expression
-  evaluation at a small size, so that the curves show whether what the
+  Greedy answers of the policy to `train.eval_prompts` held-out prompts,
+  the categories in turn (`eval.expression.max_new_tokens` tokens), scored
+  by the frozen initial model as judge and by the lexical measure: the
+  expression evaluation at a small size, so that the curves show whether what the
   self-judge rewards moves a judge that does not train.
 
   Returns:

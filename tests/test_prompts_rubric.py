@@ -55,6 +55,22 @@ def test_embedded_sets_are_disjoint():
       assert len(wa & wb) / len(wa | wb) < 0.7, (a.id, b.id)
 
 
+def test_balanced_subset_takes_categories_in_turn():
+  from hmx_jax.data.prompt_sets import balanced_subset
+  rows = [PromptRow(id=f"{cat}{i}", category=cat, messages=[])
+          for cat, n in (("a", 3), ("b", 1), ("c", 2)) for i in range(n)]
+  ids = lambda limit: [r.id for r in balanced_subset(rows, limit)]
+  assert ids(4) == ["a0", "b0", "c0", "a1"]
+  assert ids(5) == ["a0", "b0", "c0", "a1", "c1"]  # b has no second row
+  assert ids(6) == ids(None) == ids(99) == [r.id for r in rows]
+  # The embedded held-out set lists its categories one after another: 32
+  # prompts span all six (6, 6, 5, 5, 5, 5), not the first two.
+  counts = collections.Counter(
+      r.category for r in balanced_subset(load_prompts("heldout"), 32))
+  assert sorted(counts.values()) == [5, 5, 5, 5, 6, 6]
+  assert set(counts) == set(CATEGORIES)
+
+
 def test_load_prompts_from_path(tmp_path):
   path = tmp_path / "p.jsonl"
   path.write_text(

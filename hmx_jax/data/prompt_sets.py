@@ -72,6 +72,33 @@ def load_prompts(path_or_name) -> list[PromptRow]:
       empty="prompt set is empty")
 
 
+def balanced_subset(rows, limit: int | None) -> list:
+  """`limit` rows taken from the categories in turn.
+
+  The embedded sets list their prompts category by category, so their
+  first rows are all of one kind; a limited evaluation takes the first row
+  of each category (in order of first appearance), then the second of
+  each, and so on, keeping file order within a category.
+
+  Args:
+    rows: rows with a `category`.
+    limit: how many rows; None (or at least len(rows)): all, in file order.
+  """
+  if limit is None or limit >= len(rows):
+    return list(rows)
+  by_category = {}
+  for row in rows:
+    by_category.setdefault(row.category, []).append(row)
+  taken = []
+  for rank in range(max(len(g) for g in by_category.values())):
+    for group in by_category.values():
+      if rank < len(group):
+        taken.append(group[rank])
+        if len(taken) == limit:
+          return taken
+  return taken
+
+
 def load_jsonl(path: pathlib.Path, parse_row, *, kind: str, not_found: str,
                empty: str) -> list:
   """Reads a JSONL file of objects with unique "id"s, one row per line.

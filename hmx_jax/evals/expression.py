@@ -89,14 +89,13 @@ def evaluate(model: common.EvalModel, judge: common.EvalModel, *,
     model: the model whose answers are evaluated.
     judge: the fixed judge.
     prompts: "heldout", "train" or a prompt JSONL path.
-    limit: the first `limit` prompts.
+    limit: this many prompts, taken from the categories in turn
+      (`prompt_sets.balanced_subset`); None: all.
     readout: how the judge's scores are read (`rubric.READOUTS`).
     calibration: {criterion: {"slope", "intercept"}} for every expression
       criterion (`judge_check.fit_calibration`), or None for raw scores.
   """
-  rows = prompt_sets.load_prompts(prompts)
-  if limit is not None:
-    rows = rows[:limit]
+  rows = prompt_sets.balanced_subset(prompt_sets.load_prompts(prompts), limit)
   conversations = [r.messages for r in rows]
   answers = generate_answers(model, conversations,
                              max_new_tokens=max_new_tokens,

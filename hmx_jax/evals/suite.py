@@ -217,13 +217,17 @@ def eval_key(c, name: str, model: dict, judge: dict | None = None,
 
 def config_key(c, name: str) -> dict:
   """The config and data part of evaluation `name`'s key."""
-  return {
+  key = {
       "config": {f"eval.{name}": _plain(c.eval[name]),
                  "eval.batch_size": int(c.eval.batch_size),
                  "eval.seed": int(c.eval.seed)},
       "data": {k: datasets.source_sha256(data_dir(c), k, p)
                for k, p in data_files(c, name).items()},
   }
+  if name == "expression":
+    # How a limit picks the prompts (`prompt_sets.balanced_subset`).
+    key["selection"] = "categories in turn"
+  return key
 
 
 def _differences(old, new, prefix: str = "") -> list[str]:
