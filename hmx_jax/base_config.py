@@ -195,10 +195,10 @@ def cpu(c: ml_collections.ConfigDict) -> None:
 
   Sized so that `hmx-feel reproduce` (the base model and three trained
   ones, each evaluated) finishes within 30 minutes on 2 cores. Measured
-  there (13-14 min in all): a step of 2 prompts x 4 answers x 32 tokens
-  takes 10-11 s (rollout 2 s, the self-judgement of 8 answers 5-6 s, the
-  update 3-4 s); a held-out check (8 prompts) about 10 s; an evaluation
-  70-100 s.
+  there (14 min 21 s in all, seed 0): a step of 2 prompts x 4 answers x
+  32 tokens takes 10-15 s (rollout 2 s, the self-judgement of 8 answers
+  5-6 s, the update 3-4 s); a held-out check (8 prompts) about 10 s; an
+  evaluation 90-125 s.
 
   The judge reads its scores with the contrast readout (`rubric.py`),
   which tells the embedded model's expressive answers from flat ones far

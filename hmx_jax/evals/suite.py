@@ -469,8 +469,8 @@ def is_done(c, out_dir) -> bool:
   if set(evaluations) != set(c.eval.evals):
     return False
   for name in c.eval.evals:
-    saved = {k: evaluations[name].get(k) for k in ("config", "data")}
-    if saved != config_key(c, name):
+    expected = config_key(c, name)
+    if {k: evaluations[name].get(k) for k in expected} != expected:
       return False
   return True
 
