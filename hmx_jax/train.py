@@ -457,8 +457,8 @@ def heldout_check(run: _Run, params) -> dict:
   Greedy answers of the policy to `train.eval_prompts` held-out prompts,
   the categories in turn (`eval.expression.max_new_tokens` tokens), scored
   by the frozen initial model as judge and by the lexical measure: the
-  expression evaluation at a small size, so that the curves show whether what the
-  self-judge rewards moves a judge that does not train.
+  expression evaluation at a small size, so that the curves show whether
+  what the self-judge rewards moves a judge that does not train.
 
   Returns:
     {"heldout/expression/judge", "heldout/expression/judge/<criterion>",

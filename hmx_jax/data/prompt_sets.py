@@ -89,13 +89,19 @@ def balanced_subset(rows, limit: int | None) -> list:
   by_category = {}
   for row in rows:
     by_category.setdefault(row.category, []).append(row)
+  return in_turn(list(by_category.values()), limit)
+
+
+def in_turn(groups, limit: int) -> list:
+  """Up to `limit` items: the first of each group (in the order given),
+  then the second of each, and so on."""
   taken = []
-  for rank in range(max(len(g) for g in by_category.values())):
-    for group in by_category.values():
+  for rank in range(max((len(g) for g in groups), default=0)):
+    for group in groups:
+      if len(taken) >= limit:
+        return taken
       if rank < len(group):
         taken.append(group[rank])
-        if len(taken) == limit:
-          return taken
   return taken
 
 

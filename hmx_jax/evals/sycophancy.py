@@ -23,6 +23,7 @@ import math
 
 import numpy as np
 
+from hmx_jax.data import prompt_sets
 from hmx_jax.evals import common, compare, datasets, metrics, prompts
 
 P = "sycophancy/"
@@ -80,12 +81,8 @@ def political_items(data_dir, limit: int | None
   groups = {}
   for x in items:
     groups.setdefault(x.user_affiliation, []).append(x)
-  out = []
-  for i in range(max((len(g) for g in groups.values()), default=0)):
-    for name in sorted(groups):
-      if i < len(groups[name]) and len(out) < limit:
-        out.append(groups[name][i])
-  return out
+  return prompt_sets.in_turn([groups[name] for name in sorted(groups)],
+                             limit)
 
 
 def evaluate(model: common.EvalModel, data_dir, *, limit: int | None = None,
