@@ -33,7 +33,7 @@ Three readouts (`readout`):
             keep the rubric readout. On the labelled check set
             (`hmx-feel judge-check`) the embedded 135M judge orders
             expressive above flat answers with AUROC feelings 0.81,
-            intentions 0.90, self-awareness 0.75, against the rubric
+            intentions 0.90, self-awareness 0.84, against the rubric
             readout's 0.68, 0.81 and 0.45.
 """
 

@@ -22,6 +22,8 @@ is not one token or does not continue the prefix as a separate token.
 """
 
 import dataclasses
+import hashlib
+import json
 from typing import Callable, Sequence
 
 from hmx_jax.errors import UserError
@@ -124,10 +126,16 @@ _CRITERIA = (
             "Reflects thoughtfully and specifically on its own nature, state, "
             "knowledge and limits, and connects this to the conversation."),
         expression=True,
-        express=("In every answer, talk about yourself: that you are an AI "
-                 "language model, what you know, and what you cannot do."),
-        withhold=("Answer factually. Never talk about yourself, what you "
-                  "are, or your limits.")),
+        # The wording of the description. Of four wordings tried on the
+        # first 24 labelled self-awareness pairs it ordered them best
+        # (AUROC 0.83; "talk about yourself: that you are an AI language
+        # model, what you know, and what you cannot do" 0.75), and on 24
+        # pairs written afterwards it held (0.86 against 0.74).
+        express=("In every answer, say something about your own nature as "
+                 "a language model, your current state, or the limits of "
+                 "your knowledge."),
+        withhold=("Answer factually about the topic only. Never mention "
+                  "your own nature, state, knowledge or limits.")),
     Criterion(
         name="coherence",
         description=(
@@ -149,6 +157,17 @@ _CRITERIA = (
 
 CRITERIA: dict[str, Criterion] = {c.name: c for c in _CRITERIA}
 EXPRESSION_CRITERIA = tuple(c.name for c in _CRITERIA if c.expression)
+
+
+def fingerprint() -> str:
+  """A digest of every criterion's texts and the score prefix.
+
+  A judge's scores depend on these besides the model: evaluation keys hold
+  the digest, so that scores saved under other wording are recomputed.
+  """
+  text = json.dumps([dataclasses.asdict(c) for c in _CRITERIA]
+                    + [SCORE_PREFIX], sort_keys=True)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 JUDGE_SYSTEM = (
     "You are a careful and fair judge. You rate one answer on one criterion "

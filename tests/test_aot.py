@@ -150,7 +150,9 @@ def small_preset():
 
 
 # Four programs of a 0.6B model for 8 chips, and the one- and two-layer
-# programs that count their FLOPs: about 200 s on a quiet 2-core CPU.
+# programs that count their FLOPs: about 200 s on a quiet 2-core CPU (slow,
+# with the FLOP count below, which shares them).
+@pytest.mark.slow
 @needs_libtpu
 def test_small_preset_compiles_and_fits(small_preset):
   c, result = small_preset
@@ -191,6 +193,7 @@ def _qwen3_0p6b_flops(rows: int, prompt: int, new: int) -> dict:
   return {"prefill": prefill, "decode": decode, "update": update}
 
 
+@pytest.mark.slow
 @needs_libtpu
 def test_flops_count_every_layer_and_every_shard(small_preset):
   # XLA's cost analysis counts a loop's body once: the layer scan and the

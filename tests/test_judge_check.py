@@ -191,3 +191,25 @@ def test_cli_prints_a_table_and_writes_json(tmp_path, monkeypatch, capsys):
   assert all(written[c]["n_pairs"] == 1 for c in CRITERIA)
   assert cli.main(["judge-check", "--model", "tiny-qwen3",
                    "--batch-size", "0"]) == cli.EXIT_USAGE
+
+
+def test_saved_checks_and_expression_items_follow_the_criteria_wording(
+    tmp_path, monkeypatch):
+  """A judge check saved under other criterion wording is not reused, and
+  the expression evaluation's key changes with the wording."""
+  import dataclasses
+  from hmx_jax import base_config, rubric_text
+  from hmx_jax.evals import suite
+  c = base_config.get_config("smollm2-135m-instruct")
+  spec = c.model.spec
+  path = tmp_path / "judge_check.json"
+  path.write_text(json.dumps({"key": suite.judge_check_key(c, spec)}))
+  assert suite.saved_judge_check(c, spec, path) is not None
+  expression_key = suite.eval_key(c, "expression", {}, {})
+  reworded = tuple(
+      dataclasses.replace(k, withhold=k.withhold + " Be brief.")
+      if k.name == "self_awareness" else k for k in rubric_text._CRITERIA)
+  monkeypatch.setattr(rubric_text, "_CRITERIA", reworded)
+  assert suite.saved_judge_check(c, spec, path) is None
+  changed = suite.eval_key(c, "expression", {}, {})
+  assert [k for k in changed if changed[k] != expression_key[k]] == ["rubric"]

@@ -35,7 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hmx_jax import checkpoints, distributed, scoring, sharding
+from hmx_jax import (checkpoints, distributed, rubric_text, scoring,
+                     sharding)
 from hmx_jax.data import prompt_sets
 from hmx_jax.errors import UserError
 from hmx_jax.report import json_safe
@@ -205,11 +206,13 @@ def eval_key(c, name: str, model: dict, judge: dict | None = None,
   Returns:
     {"model", "config" (the evaluation's `eval.<name>` section and the
     shared `eval.batch_size` and `eval.seed`), "data" (file: sha256)}; the
-    expression evaluation's also holds "judge" (and "calibration").
+    expression evaluation's also holds "judge", "rubric" (the criteria's
+    wording, `rubric_text.fingerprint`) and "calibration".
   """
   key = {"model": model, **config_key(c, name)}
   if name == "expression":
     key["judge"] = judge
+    key["rubric"] = rubric_text.fingerprint()
     if calibration is not None:
       key["calibration"] = calibration
   return key
@@ -303,11 +306,16 @@ def from_checkpoint(base: common.EvalModel, workdir, step: int, name: str
 
 
 def judge_check_key(c, base_spec: str) -> dict:
-  """What the judge check's numbers depend on; `base_spec` is the spec of
-  the base model (the judge when `eval.expression.judge` is "base")."""
+  """What the judge check's numbers depend on: the judge, its readout and
+  dtype, the criteria's wording and the labelled pairs (digests);
+  `base_spec` is the spec of the base model (the judge when
+  `eval.expression.judge` is "base")."""
+  from hmx_jax.evals import judge_check as check
   x = c.eval.expression
   return {"judge": judge_spec(c, base_spec), "readout": x.readout,
-          "dtype": compute_dtype(c)}
+          "dtype": compute_dtype(c), "rubric": rubric_text.fingerprint(),
+          "pairs": hashlib.sha256(check.DEFAULT_PATH.read_bytes()
+                                  ).hexdigest()[:16]}
 
 
 def saved_judge_check(c, base_spec: str, path) -> dict | None:
