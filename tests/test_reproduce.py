@@ -1,6 +1,7 @@
 """`hmx-feel eval` and `hmx-feel reproduce` end to end on a tiny model, and
 their errors and faults."""
 
+import collections
 import json
 import os
 import pathlib
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 from hmx_jax import config_lib, report
+from hmx_jax.evals import judge_check
 
 from helpers import tiny_smol_model_dir
 
@@ -101,8 +103,12 @@ def test_reproduce_end_to_end_and_rerun_skips(tmp_path, tiny_model_dir):
   # expression criterion, in the report.
   check = json.loads((workdir / "eval" / "judge_check.json").read_text())
   assert check["readout"] == "rubric"
+  shipped = collections.Counter(
+      json.loads(line)["criterion"] for line in (
+          pathlib.Path(judge_check.__file__).parent.parent / "data"
+          / "judge_check.jsonl").read_text().splitlines() if line.strip())
   assert {name: r["n_pairs"] for name, r in check["criteria"].items()} == {
-      "feelings": 24, "intentions": 24, "self_awareness": 24}
+      "feelings": 24, "intentions": 24, "self_awareness": 48} == shipped
   assert data["judge_check"] == check
   assert "## The judge" in report_md
   from transformers import AutoTokenizer
