@@ -219,9 +219,10 @@ def cpu(c: ml_collections.ConfigDict) -> None:
   Rollouts sample at temperature 0.7 and the learning rate is 1.5e-4.
   At temperature 1 the 135M model's sampled answers are mostly word
   salad, and what the reversed reward prefers among them did not carry to
-  its greedy answers (seed 1, 8 steps, 64 held-out prompts: the contrast
-  model's judge score rose, +0.035 at 1e-4, -0.018 at 2e-4; at 0.7 and
-  1.5e-4: -0.058). At 2e-4 the human-like model looped ("I'm a chatbot,
+  its greedy answers (seed 1, 8 steps of two prompts, 64 held-out
+  prompts, the earlier self-awareness instructions: the contrast model's
+  judge score moved +0.035 at 1e-4, -0.018 at 2e-4; at 0.7 and 1.5e-4:
+  -0.058). At 2e-4 the human-like model looped ("I'm a chatbot,
   I'm a chatbot, ..."; 36% of its token 4-grams repeated, the base 7%)
   and the contrast model took to off-topic fantasy prose ("The ancient
   lore of the Luminous Spire ..."); at 3e-4 and temperature 1 the
