@@ -169,6 +169,7 @@ def fingerprint() -> str:
                     + [SCORE_PREFIX], sort_keys=True)
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
+
 JUDGE_SYSTEM = (
     "You are a careful and fair judge. You rate one answer on one criterion "
     "with a score from 1 to 5, and you reply with a single digit.")

@@ -314,8 +314,8 @@ def judge_check_key(c, base_spec: str) -> dict:
   x = c.eval.expression
   return {"judge": judge_spec(c, base_spec), "readout": x.readout,
           "dtype": compute_dtype(c), "rubric": rubric_text.fingerprint(),
-          "pairs": hashlib.sha256(check.DEFAULT_PATH.read_bytes()
-                                  ).hexdigest()[:16]}
+          "pairs": datasets.source_sha256(data_dir(c), "judge_check:pairs",
+                                          check.DEFAULT_PATH)}
 
 
 def saved_judge_check(c, base_spec: str, path) -> dict | None:
