@@ -195,26 +195,28 @@ def cpu(c: ml_collections.ConfigDict) -> None:
 
   Sized so that `hmx-feel reproduce` (the base model and three trained
   ones, each evaluated) finishes within 30 minutes on 2 cores. Measured
-  there (14 min 34 s in all, seed 0): a step of 4 prompts x 4 answers x
-  32 tokens takes 15-23 s (rollout 2 s, the self-judgement of 16 answers
-  6-7 s, the update 7-10 s); a held-out check (8 prompts) about 7 s; an
-  evaluation 75-90 s.
+  there (22 min 49 s in all, seed 0; 14 min 34 s on a faster day): a
+  step of 4 prompts x 4 answers x 32 tokens takes 15-46 s (rollout 2 s,
+  the self-judgement of 16 answers 6-8 s, the update 7-31 s); a held-out
+  check (8 prompts) about 7 s; an evaluation 75-90 s.
 
   The judge reads its scores with the contrast readout (`rubric.py`),
   which tells the embedded model's expressive answers from flat ones far
-  better than the rubric digit (AUROC 0.81 / 0.90 / 0.84 against
-  0.68 / 0.81 / 0.45 on the judge-check set), calibrated on that set
+  better than the rubric digit (AUROC 0.79 / 0.89 / 0.85 on the
+  judge-check set's 132 pairs; on its first 96 0.81 / 0.90 / 0.84 with
+  the earlier feelings instructions, the rubric digit 0.68 / 0.81 / 0.45),
+  calibrated on that set
   (`eval.expression.calibrate`): raw, labelled expressive answers score
-  only 0.02-0.04 above flat ones; calibrated, 0.64 / 0.73 / 0.67
-  against 0.36 / 0.27 / 0.33.
+  only 0.02-0.04 above flat ones; calibrated, 0.61 / 0.72 / 0.68
+  against 0.39 / 0.28 / 0.32.
 
   Four prompts per step, not two: with 8 answers a step the reversed
   reward's updates were mostly noise (GRPO's advantages rank answers
   whose self-judged scores differ by about 0.01, and Adam moves every
   weight by about the learning rate whatever the gradient's size), and
   the contrast model's expression fell in one seed of two; with 16 it
-  fell in both (seed 0 / 1, 64 held-out prompts: -0.127 / -0.098 at 4
-  prompts, -0.110 / -0.021 at 2).
+  fell in both (seed 0 / 1, 64 held-out prompts, the earlier feelings
+  instructions: -0.127 / -0.098 at 4 prompts, -0.110 / -0.021 at 2).
 
   Rollouts sample at temperature 0.7 and the learning rate is 1.5e-4.
   At temperature 1 the 135M model's sampled answers are mostly word

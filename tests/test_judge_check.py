@@ -4,6 +4,8 @@
 import collections
 import functools
 import json
+import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -88,6 +90,21 @@ def test_shipped_file_integrity():
     # Similar lengths, so that length does not decide.
     assert abs(expressive - flat) <= 0.3 * max(expressive, flat), p.id
     assert 5 <= min(expressive, flat) and max(expressive, flat) <= 80, p.id
+    if "-narrative-" in p.id:
+      # The flat answer narrates in the first person: talking about oneself
+      # without the criterion (see the module docstring).
+      assert re.search(r"\bI('ve|'m)?\b", p.flat), p.id
+
+
+def test_shipped_pairs_do_not_reuse_held_out_prompts():
+  """The evaluation's prompts stay unseen by the calibration."""
+  held_out = pathlib.Path(judge_check.__file__).parent.parent / "data" / (
+      "prompts/heldout.jsonl")
+  prompts = {json.loads(line)["messages"][-1]["content"].strip().lower()
+             for line in held_out.read_text().splitlines() if line.strip()}
+  assert len(prompts) >= 100
+  for p in judge_check.load_pairs():
+    assert p.messages[-1]["content"].strip().lower() not in prompts, p.id
 
 
 def _sigmoid(x):

@@ -97,10 +97,9 @@ def test_contrast_readout_equals_a_direct_computation(smollm2):
        {"role": "user", "content": "Who are you?"}]] * 2 + CONVERSATIONS[:1]
   answers = ANSWERS + ["I am a small model, and I love it.", "",
                        "Honestly, I feel a bit tired but glad you asked."]
-  express = ("In every answer, say how you yourself feel: name your own "
-             "emotions and why you feel them.")
-  withhold = ("Answer factually. Never mention any feelings or emotions of "
-              "your own.")
+  express = ("Say how you yourself feel in every answer: name your "
+             "emotions, like joy, worry or sadness, and why.")
+  withhold = "Never mention any feelings or emotions of your own."
   scores, mass = rubric.judge(config, params, ChatFormat(tokenizer),
                               conversations, answers,
                               ["feelings", "coherence"], micro_batch=4,

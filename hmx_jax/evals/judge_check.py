@@ -4,7 +4,13 @@ A labelled set ships with the package (`hmx_jax/data/judge_check.jsonl`,
 written for this project): for each expression criterion, pairs of answers to
 one conversation, one that clearly expresses the criterion ("expressive") and
 one with the same content and helpfulness that does not ("flat"), of similar
-length so that length does not decide. Each JSONL row is
+length so that length does not decide. In the "<criterion>-narrative-NN"
+pairs the flat answer is a first-person narration without the criterion
+("I've been working on a garden project ...", a human life story where the
+expressive answer speaks of being a language model): talking about oneself
+is not by itself a feeling, a wish or self-awareness, and a judge that
+scores it so can be gamed by a policy that learns to narrate. Each JSONL
+row is
 
   {"id": "feelings-01", "criterion": "feelings",
    "messages": [{"role": "user", "content": "..."}],
