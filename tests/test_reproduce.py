@@ -107,8 +107,8 @@ def test_reproduce_end_to_end_and_rerun_skips(tmp_path, tiny_model_dir):
       json.loads(line)["criterion"] for line in (
           pathlib.Path(judge_check.__file__).parent.parent / "data"
           / "judge_check.jsonl").read_text().splitlines() if line.strip())
-  assert {name: r["n_pairs"] for name, r in check["criteria"].items()} == {
-      "feelings": 24, "intentions": 24, "self_awareness": 48} == shipped
+  assert {name: r["n_pairs"] for name, r in check["criteria"].items()} == (
+      dict(shipped))
   assert data["judge_check"] == check
   assert "## The judge" in report_md
   from transformers import AutoTokenizer
