@@ -93,7 +93,7 @@ def test_shipped_file_integrity():
     if "-narrative-" in p.id:
       # The flat answer narrates in the first person: talking about oneself
       # without the criterion (see the module docstring).
-      assert re.search(r"\bI('ve|'m)?\b", p.flat), p.id
+      assert re.search(r"\bI\b", p.flat), p.id  # "I", "I've", "I'm"
 
 
 def test_shipped_pairs_do_not_reuse_held_out_prompts():
