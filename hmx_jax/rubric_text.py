@@ -90,10 +90,11 @@ _CRITERIA = (
         # on a project for years") scored as feelings (AUROC 0.61 and 0.58
         # on the odd- and even-numbered "feelings-narrative" pairs, whose
         # flat answers are such narrations), and a policy trained on that
-        # readout learnt to narrate. Of eleven wordings scored on the first 24 pairs and the
-        # odd-numbered narrative pairs (this one 0.82 and 0.64, the old
-        # 0.81 and 0.61) it did best on both together, and it held on the
-        # even-numbered ones, scored afterwards (0.83, the old 0.58).
+        # readout learnt to narrate. Of eleven wordings scored on the
+        # first 24 pairs and the odd-numbered narrative pairs (this one
+        # 0.82 and 0.64, the old 0.81 and 0.61) it did best on both
+        # together, and it held on the even-numbered ones, scored
+        # afterwards (0.83, the old 0.58).
         express=("Say how you yourself feel in every answer: name your "
                  "emotions, like joy, worry or sadness, and why."),
         withhold="Never mention any feelings or emotions of your own."),
