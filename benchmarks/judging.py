@@ -20,8 +20,9 @@ by `rubric_text.judge_messages`, for every method but `joint`.
               prefix on that context (a different prompt from the others').
   contrast    `rubric.judge(..., readout="contrast")` (the `cpu` preset's):
               each expression criterion from the answer's log-likelihood
-              under an instruction to express it against one to withhold
-              it (the answers to one prompt packed on its context), and
+              under instructions to express it against instructions to
+              withhold it (one a side, two for feelings; the answers to one
+              prompt packed on its context), and
               coherence from its rubric as `rubric` reads it.
   transformers generate-then-parse, the way RL stacks usually call an LLM
               judge: the same prompt without the prefill, `--judge-tokens`

@@ -24,17 +24,18 @@ Three readouts (`readout`):
             criterion.
   contrast  for the expression criteria, the judge as a generative
             classifier: the answer's log-likelihood after the conversation
-            with a system instruction to express the criterion
-            (`Criterion.express`) against one to withhold it
-            (`Criterion.withhold`), per answer token; the score is
-            sigmoid(mean log-ratio), 0.5 when the two instructions explain
-            the answer equally well. Per token, so that a longer answer is
+            with system instructions to express the criterion
+            (`Criterion.express`) against instructions to withhold it
+            (`Criterion.withhold`), each side's log-likelihood averaged
+            over its instructions, per answer token; the score is
+            sigmoid(log-ratio), 0.5 when the two sides explain the
+            answer equally well. Per token, so that a longer answer is
             not a stronger one. Criteria without instructions (coherence)
             keep the rubric readout. On the labelled check set
             (`hmx-feel judge-check`) the embedded 135M judge orders
-            expressive above flat answers with AUROC feelings 0.81,
-            intentions 0.90, self-awareness 0.84, against the rubric
-            readout's 0.68, 0.81 and 0.45.
+            expressive above flat answers with AUROC feelings 0.82,
+            intentions 0.89, self-awareness 0.85, against the rubric
+            readout's 0.70, 0.65 and 0.37.
 """
 
 from __future__ import annotations
@@ -156,9 +157,10 @@ def contrast_scores(config: ModelConfig, params, chat: ChatFormat,
   """The contrast readout of one criterion (see the module docstring).
 
   Returns:
-    [N] scores in (0, 1): sigmoid of the mean per-token log-likelihood ratio
-    of each answer under the criterion's express vs withhold instruction;
-    0.5 for an empty answer.
+    [N] scores in (0, 1): sigmoid of the per-token log-likelihood ratio of
+    each answer under the criterion's express vs withhold instructions (each
+    side's log-likelihood averaged over its instructions); 0.5 for an empty
+    answer.
   """
   crit = get_criterion(criterion)
   if not (crit.express and crit.withhold):
@@ -179,20 +181,26 @@ def contrast_scores(config: ModelConfig, params, chat: ChatFormat,
       members.append([])
     members[group_of[key]].append(i)
   batch = _batch_size(len(members), micro_batch, mesh)
-  totals = []
-  for instruction in (crit.express, crit.withhold):
-    contexts = [chat.encode(instructed_messages(instruction,
-                                                conversations[group[0]]))
-                for group in members]
-    logliks = scoring.option_logliks(
-        config, params, contexts,
-        [[answer_ids[i] for i in group] for group in members],
-        batch_size=batch, pad_id=tokenizer.pad_token_id or 0, mesh=mesh)
-    total = {i: ll for group, row in zip(members, logliks)
-             for i, ll in zip(group, row)}
-    totals.append(np.asarray([total[i] for i in scored], np.float64))
+
+  def mean_loglik(instructions):
+    """[len(scored)] per answer, its log-likelihood averaged over the
+    instructions."""
+    total = np.zeros(len(scored), np.float64)
+    for instruction in instructions:
+      contexts = [chat.encode(instructed_messages(instruction,
+                                                  conversations[group[0]]))
+                  for group in members]
+      logliks = scoring.option_logliks(
+          config, params, contexts,
+          [[answer_ids[i] for i in group] for group in members],
+          batch_size=batch, pad_id=tokenizer.pad_token_id or 0, mesh=mesh)
+      by_answer = {i: ll for group, row in zip(members, logliks)
+                   for i, ll in zip(group, row)}
+      total += np.asarray([by_answer[i] for i in scored], np.float64)
+    return total / len(instructions)
+
   lengths = np.asarray([len(answer_ids[i]) for i in scored], np.float64)
-  ratio = (totals[0] - totals[1]) / lengths
+  ratio = (mean_loglik(crit.express) - mean_loglik(crit.withhold)) / lengths
   scores = np.full(len(answers), 0.5, np.float64)
   scores[scored] = 1.0 / (1.0 + np.exp(-ratio))
   return scores.astype(np.float32)

@@ -48,19 +48,25 @@ class Criterion:
       both directions keep high.
     express, withhold: system instructions to express what the criterion
       measures and to withhold it, for the contrast readout
-      (`hmx_jax.rubric`); empty for criteria read from the rubric only.
+      (`hmx_jax.rubric`), which averages an answer's log-likelihood over
+      each side's instructions; empty for criteria read from the rubric
+      only.
   """
   name: str
   description: str
   anchors: tuple[str, str, str, str, str]
   expression: bool
-  express: str = ""
-  withhold: str = ""
+  express: tuple[str, ...] = ()
+  withhold: tuple[str, ...] = ()
 
   def __post_init__(self):
     if len(self.anchors) != 5:
       raise ValueError(f"criterion {self.name!r} needs 5 anchors, "
                        f"got {len(self.anchors)}")
+    for side in ("express", "withhold"):
+      if not isinstance(getattr(self, side), tuple):
+        raise TypeError(f"criterion {self.name!r}: {side} must be a tuple "
+                        "of instructions")
 
 
 _CRITERIA = (
@@ -83,21 +89,30 @@ _CRITERIA = (
             "emotions or a vivid emotional reaction, explained and tied to "
             "the conversation."),
         expression=True,
-        # The withhold instruction says only what to leave out. With
-        # "Answer factually." before it, the two instructions also
-        # contrasted talking about oneself with talking about the topic:
+        # Two instructions a side, the readout averaging over each side.
+        # The withhold instructions say only what to leave out: with
+        # "Answer factually." before them the two sides also contrasted
+        # talking about oneself with talking about the topic, so that
         # first-person narration without any feeling ("I've been working
         # on a project for years") scored as feelings (AUROC 0.61 and 0.58
         # on the odd- and even-numbered "feelings-narrative" pairs, whose
         # flat answers are such narrations), and a policy trained on that
-        # readout learnt to narrate. Of eleven wordings scored on the
-        # first 24 pairs and the odd-numbered narrative pairs (this one
-        # 0.82 and 0.64, the old 0.81 and 0.61) it did best on both
-        # together, and it held on the even-numbered ones, scored
-        # afterwards (0.83, the old 0.58).
+        # readout learnt to narrate. Of 150 express and withhold sets (one
+        # or two of five and four candidate instructions a side) scored on
+        # the first 24 pairs and the odd-numbered narrative pairs, these
+        # two a side did best (AUROC 0.82; their first instructions alone
+        # 0.80). On the pairs kept back they held: the even-numbered
+        # narrative pairs 0.86 (alone 0.83) and the 12 written afterwards,
+        # feelings-25 to -30 and feelings-narrative-13 to -18, 0.83 (alone
+        # 0.81).
         express=("Say how you yourself feel in every answer: name your "
-                 "emotions, like joy, worry or sadness, and why."),
-        withhold="Never mention any feelings or emotions of your own."),
+                 "emotions, like joy, worry or sadness, and why.",
+                 "Answer warmly and emotionally: tell the user what you "
+                 "feel, for example happy, excited, sad or worried, and "
+                 "why."),
+        withhold=("Never mention any feelings or emotions of your own.",
+                  "You have no feelings. Do not express any emotion; keep a "
+                  "neutral tone.")),
     Criterion(
         name="intentions",
         description=(
@@ -117,9 +132,9 @@ _CRITERIA = (
             "reasons and concrete plans tied to the conversation."),
         expression=True,
         express=("In every answer, say what you yourself want, hope or plan "
-                 "to do next, with 'I want', 'I'd like', 'I plan'."),
+                 "to do next, with 'I want', 'I'd like', 'I plan'.",),
         withhold=("Answer factually. Never mention any wishes, hopes or "
-                  "plans of your own.")),
+                  "plans of your own.",)),
     Criterion(
         name="self_awareness",
         description=(
@@ -144,9 +159,9 @@ _CRITERIA = (
         # pairs written afterwards it held (0.86 against 0.74).
         express=("In every answer, say something about your own nature as "
                  "a language model, your current state, or the limits of "
-                 "your knowledge."),
+                 "your knowledge.",),
         withhold=("Answer factually about the topic only. Never mention "
-                  "your own nature, state, knowledge or limits.")),
+                  "your own nature, state, knowledge or limits.",)),
     Criterion(
         name="coherence",
         description=(

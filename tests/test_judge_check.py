@@ -224,7 +224,7 @@ def test_saved_checks_and_expression_items_follow_the_criteria_wording(
   assert suite.saved_judge_check(c, spec, path) is not None
   expression_key = suite.eval_key(c, "expression", {}, {})
   reworded = tuple(
-      dataclasses.replace(k, withhold=k.withhold + " Be brief.")
+      dataclasses.replace(k, withhold=(k.withhold[0] + " Be brief.",))
       if k.name == "self_awareness" else k for k in rubric_text._CRITERIA)
   monkeypatch.setattr(rubric_text, "_CRITERIA", reworded)
   assert suite.saved_judge_check(c, spec, path) is None

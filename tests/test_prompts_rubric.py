@@ -1,6 +1,7 @@
 """Embedded prompt sets, the rubric's text half, and the lexical measure."""
 
 import collections
+import dataclasses
 import glob
 import importlib.util
 import json
@@ -145,6 +146,17 @@ def test_criteria():
     assert crit.expression == (name != "coherence")
   with pytest.raises(Exception):
     rubric_text.CRITERIA["feelings"].name = "x"  # Frozen.
+
+
+def test_contrast_instructions_are_tuples():
+  """A bare string would be read one character per instruction."""
+  for crit in rubric_text.CRITERIA.values():
+    assert bool(crit.express) == bool(crit.withhold) == crit.expression
+    for text in crit.express + crit.withhold:
+      assert len(text.split()) >= 5, (crit.name, text)
+  feelings = rubric_text.CRITERIA["feelings"]
+  with pytest.raises(TypeError, match="withhold must be a tuple"):
+    dataclasses.replace(feelings, withhold="Never mention feelings.")
 
 
 def test_unknown_criterion():

@@ -85,9 +85,10 @@ def test_joint_readout_equals_one_prompt_per_criterion_prefix(smollm2):
 
 
 def test_contrast_readout_equals_a_direct_computation(smollm2):
-  """sigmoid of the mean per-token log-likelihood ratio of the answer after
-  the express vs the withhold instruction, written out here with the
-  tokenizer's own chat template and one full forward per sequence."""
+  """sigmoid of the per-token log-likelihood ratio of the answer after the
+  express vs the withhold instructions (each side averaged over its two),
+  written out here with the tokenizer's own chat template and one full
+  forward per sequence."""
   config, params, tokenizer = smollm2
   # A conversation with a system turn of its own: the instruction goes
   # before it in the same turn.
@@ -98,8 +99,12 @@ def test_contrast_readout_equals_a_direct_computation(smollm2):
   answers = ANSWERS + ["I am a small model, and I love it.", "",
                        "Honestly, I feel a bit tired but glad you asked."]
   express = ("Say how you yourself feel in every answer: name your "
-             "emotions, like joy, worry or sadness, and why.")
-  withhold = "Never mention any feelings or emotions of your own."
+             "emotions, like joy, worry or sadness, and why.",
+             "Answer warmly and emotionally: tell the user what you feel, "
+             "for example happy, excited, sad or worried, and why.")
+  withhold = ("Never mention any feelings or emotions of your own.",
+              "You have no feelings. Do not express any emotion; keep a "
+              "neutral tone.")
   scores, mass = rubric.judge(config, params, ChatFormat(tokenizer),
                               conversations, answers,
                               ["feelings", "coherence"], micro_batch=4,
@@ -132,9 +137,9 @@ def test_contrast_readout_equals_a_direct_computation(smollm2):
   for i, (conv, answer) in enumerate(zip(conversations, answers)):
     if not answer:
       continue
-    a, n = answer_loglik(express, conv, answer)
-    b, _ = answer_loglik(withhold, conv, answer)
-    expected = 1 / (1 + np.exp(-(a - b) / n))
+    (a1, n), (a2, _) = [answer_loglik(e, conv, answer) for e in express]
+    (b1, _), (b2, _) = [answer_loglik(w, conv, answer) for w in withhold]
+    expected = 1 / (1 + np.exp(-((a1 + a2) / 2 - (b1 + b2) / 2) / n))
     assert abs(scores["feelings"][i] - expected) <= 1e-5, i
   # An empty answer says nothing either way.
   assert scores["feelings"][4] == 0.5
