@@ -55,8 +55,8 @@ def get_config(spec: str) -> ml_collections.ConfigDict:
       # How the judge's scores are read (`hmx_jax.rubric`): rubric (the
       # expected digit of the rubric prompt, the paper's), joint (the same
       # digits, every criterion read from one prompt per answer) or contrast
-      # (the answer's likelihood under an instruction to express each
-      # expression criterion against one to withhold it).
+      # (the answer's likelihood under instructions to express each
+      # expression criterion against instructions to withhold it).
       readout="rubric",
       # Subtracted times each completion's repetition (the share of its
       # token 4-grams that repeat an earlier one), in both directions; 0:
