@@ -198,8 +198,8 @@ def cpu(c: ml_collections.ConfigDict) -> None:
   there: 23 min 58 s in all (seed 0; seed 1 22 min 15 s), a GRPO step of
   4 prompts x 4 answers x 32 tokens 15-45 s (the self-judgement of 16
   answers 7-14 s, the update 6-26 s, mostly 6-11 s); a held-out check (8
-  prompts) 9-16 s; an evaluation 97-122 s. The machine's speed varies: on a day whose
-  updates took 17-31 s a step, 8 steps took 22 min 49 s.
+  prompts) 9-16 s; an evaluation 97-122 s. The machine's speed varies:
+  on a day whose updates took 17-31 s a step, 8 steps took 22 min 49 s.
 
   Twelve steps, not eight: at eight (the same day, seeds 0 / 1, 64
   held-out prompts) the human-like model's lexical measure rose in one
